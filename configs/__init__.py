@@ -1,0 +1,1 @@
+"""plandiff.configs: YAML presets."""

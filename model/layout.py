@@ -1,0 +1,75 @@
+"""Who may attend to whom in a planned-diffusion sequence (reference §3.4, §5.2).
+
+The layout is three integers per token instead of an N×N matrix:
+
+- ``position``: the absolute index (also the RoPE position);
+- ``region``:   -1 for causal tokens (prompt, plan, sync, autoregressive text); otherwise the id of
+  the bidirectional region the token belongs to: one span (sparse), or all spans of a round (dense);
+- ``epoch``:    how many ``<sync/>`` tokens precede the token (a span's tags count as its round).
+
+Rule: query q may attend to key k iff
+  (k and q are in the same region)  or  (k.position <= q.position and (k is causal or k.epoch < q.epoch)).
+
+So the prompt and the plan are causal; a span sees the prefix and itself but not its siblings; nothing
+before a ``<sync/>`` sees a span of that round, and everything from the ``<sync/>`` on sees them all.
+A forward only materializes the rows it computes (queries × keys), and a request id can be added to
+the same rule to let many requests share one forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+CAUSAL = -1
+
+
+@dataclass
+class Layout:
+    """Layout metadata of one sequence, grown as tokens are appended."""
+
+    region: list[int] = field(default_factory=list)
+    epoch: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.region)
+
+    def append(self, region: int, epoch: int, count: int = 1) -> None:
+        self.region.extend([region] * count)
+        self.epoch.extend([epoch] * count)
+
+    def truncate(self, length: int) -> None:
+        del self.region[length:]
+        del self.epoch[length:]
+
+    def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            torch.tensor(self.region, dtype=torch.long, device=device),
+            torch.tensor(self.epoch, dtype=torch.long, device=device),
+        )
+
+
+def allowed(
+    q_pos: torch.Tensor,
+    q_region: torch.Tensor,
+    q_epoch: torch.Tensor,
+    k_pos: torch.Tensor,
+    k_region: torch.Tensor,
+    k_epoch: torch.Tensor,
+) -> torch.Tensor:
+    """Boolean [Tq, Tk]: True where query i may attend to key j. All inputs are 1-D long tensors."""
+    same_region = (q_region[:, None] == k_region[None, :]) & (k_region[None, :] != CAUSAL)
+    earlier = k_pos[None, :] <= q_pos[:, None]
+    visible = (k_region[None, :] == CAUSAL) | (k_epoch[None, :] < q_epoch[:, None])
+    return same_region | (earlier & visible)
+
+
+def mask_rows(layout: Layout, query_positions: torch.Tensor, key_length: int) -> torch.Tensor:
+    """Boolean [len(query_positions), key_length] for queries at the given positions of `layout`."""
+    region, epoch = layout.tensors(query_positions.device)
+    keys = torch.arange(key_length, device=query_positions.device)
+    return allowed(
+        query_positions, region[query_positions], epoch[query_positions],
+        keys, region[:key_length], epoch[:key_length],
+    )

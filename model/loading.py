@@ -1,0 +1,134 @@
+"""Reading and writing HF checkpoint folders of Dream and the planned-diffusion fine-tunes.
+
+A folder holds config.json, weights as model.safetensors or shards with model.safetensors.index.json,
+and tokenizer files. Our own code builds the network; nothing runs `trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from .config import DreamConfig
+from .errors import CheckpointError
+from .network import DreamNetwork
+from .tags import TagProfile, TagVocabulary
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+@dataclass
+class Checkpoint:
+    config: DreamConfig
+    network: DreamNetwork
+    tokenizer: PreTrainedTokenizerBase
+    profile: TagProfile
+    tags: TagVocabulary
+
+
+def resolve_dtype(name: str | torch.dtype | None, config: DreamConfig) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    name = name or config.torch_dtype
+    if name not in DTYPES:
+        raise CheckpointError(f"dtype {name!r} is not supported; use one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """tokenizer.json if present; else vocab.json + merges.txt as a Qwen2 byte-level BPE, which is what
+    the released checkpoints' remote-code DreamTokenizer is (reference §1.3)."""
+    try:
+        if (folder / "tokenizer.json").exists():
+            return PreTrainedTokenizerFast.from_pretrained(folder)
+        if (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
+            from transformers import Qwen2Tokenizer
+
+            return Qwen2Tokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot load the tokenizer of {folder}: {err}") from err
+    raise CheckpointError(f"{folder} has no tokenizer: neither tokenizer.json nor vocab.json + merges.txt")
+
+
+def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    if (folder / INDEX).exists():
+        index = json.loads((folder / INDEX).read_text())
+        files = sorted(set(index["weight_map"].values()))
+    elif (folder / SINGLE).exists():
+        files = [SINGLE]
+    else:
+        raise CheckpointError(f"{folder} has neither {SINGLE} nor {INDEX}")
+    state = {}
+    for name in files:
+        path = folder / name
+        if not path.exists():
+            raise CheckpointError(f"shard {name} named by {INDEX} is missing from {folder}")
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                state[key] = f.get_tensor(key)
+    return state
+
+
+def load_checkpoint(
+    folder: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> Checkpoint:
+    """Load config, weights and tokenizer from an HF checkpoint folder."""
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise CheckpointError(f"{folder} is not a checkpoint folder: config.json is missing")
+    config = DreamConfig.from_file(folder / "config.json")
+    dtype = resolve_dtype(dtype, config)
+    state = load_state_dict(folder)
+    with torch.device("meta"):
+        network = DreamNetwork(config)
+    expected = set(network.state_dict())
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights of {folder} do not match the config: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    network.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    network.rotary = type(network.rotary)(config.head_dim, config.rope_theta)  # its buffer was on meta
+    network.to(device=device).eval()
+    tokenizer = load_tokenizer(folder)
+    profile = TagProfile.from_overrides(config.plandiff_tags)
+    tags = TagVocabulary.from_tokenizer(tokenizer, profile)
+    top = max(tags.structural | set(tags.digits))
+    if top >= config.vocab_size:
+        raise CheckpointError(f"tag id {top} is outside the model's vocabulary of {config.vocab_size}")
+    return Checkpoint(config, network, tokenizer, profile, tags)
+
+
+def save_checkpoint(
+    folder: str | Path,
+    config: DreamConfig,
+    network: DreamNetwork,
+    tokenizer: PreTrainedTokenizerBase,
+    max_shard_size: int | str = "5GB",
+) -> None:
+    """Write an HF folder that both plandiff and the official code load; shard above max_shard_size."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
+    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
+    for filename, names in split.filename_to_tensors.items():
+        save_file({n: state[n] for n in names}, folder / filename, metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+                 "weight_map": split.tensor_to_filename}
+        (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    config.save(folder / "config.json")
+    generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+                  "pad_token_id": config.pad_token_id, "mask_token_id": config.mask_token_id}
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    tokenizer.save_pretrained(folder)

@@ -1,0 +1,140 @@
+"""Denoising rules (reference §3.5): step schedule, per-span commit counts, unmasking order, sampling.
+
+Numerics follow the reference so that greedy decoding is token-identical: filtering and softmax run
+in the logits' dtype, the schedule is `torch.linspace` in fp32, and the per-span top-k is taken on a
+span-length vector that includes the span's tags (scored -inf).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Order = Literal["entropy", "confidence", "margin", "threshold"]
+EPS = 1e-3  # the schedule's final timestep
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a token is drawn from logits. Defaults are the reference profile at greedy decoding.
+
+    Every official script runs with top_k 50 (reference Errata 1): it does not change an argmax, but
+    it changes the probabilities behind the unmasking order. `top_k=None` turns it off.
+    """
+
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = 50
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+
+
+def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """Temperature, then top-p, then top-k, in the logits' dtype; removed entries get dtype min."""
+    low = torch.finfo(logits.dtype).min
+    if sampling.temperature > 0:
+        logits = logits / sampling.temperature
+    if sampling.top_p is not None and sampling.top_p < 1:
+        ordered, order = torch.sort(logits, descending=True)
+        cumulative = torch.cumsum(torch.softmax(ordered, dim=-1), dim=-1)
+        remove = cumulative > sampling.top_p
+        remove[..., 1:] = remove[..., :-1].clone()  # always keep the most probable token
+        remove[..., 0] = False
+        logits = logits.masked_fill(torch.zeros_like(remove).scatter(-1, order, remove), low)
+    if sampling.top_k is not None:
+        k = min(sampling.top_k, logits.shape[-1])
+        kth = torch.topk(logits, k)[0][..., -1, None]
+        logits = logits.masked_fill(logits < kth, low)
+    return logits
+
+
+def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
+    """One autoregressive token from last-position logits [vocab] (already filtered)."""
+    if sampling.temperature > 0:
+        probs = torch.softmax(logits, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=generator))
+    return int(torch.argmax(logits))
+
+
+def propose(
+    logits: torch.Tensor, sampling: Sampling, order: Order, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For masked rows' logits [M, vocab]: the proposed tokens x0 [M] and their scores [M].
+
+    Higher score = commit earlier. entropy: sum p·log(p+1e-10); confidence / threshold: p(x0);
+    margin: top1 − top2.
+    """
+    probs = torch.softmax(filter_logits(logits, sampling), dim=-1)
+    if sampling.temperature > 0:
+        x0 = torch.multinomial(probs.float(), 1, generator=generator).squeeze(-1)
+        confidence = probs.gather(-1, x0[:, None]).squeeze(-1)
+    else:
+        confidence, x0 = probs.max(dim=-1)
+    if order == "entropy":
+        return x0, torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    if order == "margin":
+        top2 = torch.topk(probs, 2, dim=-1).values
+        return x0, top2[:, 0] - top2[:, 1]
+    return x0, confidence
+
+
+def diffusion_steps(longest_span: int, steps_ratio: float) -> int:
+    """Steps in a round: int(longest span × steps_ratio), but at least one (reference: zero steps
+    leave the masks in place or raise ZeroDivisionError, Errata 3)."""
+    return max(1, int(longest_span * steps_ratio))
+
+
+def timesteps(steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.linspace(1, EPS, steps + 1, device=device)
+
+
+def commit_count(masked: int, step: int, steps: int, times: torch.Tensor) -> int:
+    """Tokens a span with `masked` masks commits at `step` of `steps` (pd_* orders, §3.5)."""
+    if step < steps - 1:
+        ratio = 1 - times[step + 1] / times[step]
+        count = int(masked * ratio)
+    else:
+        count = masked
+    return min(max(1, count), masked)
+
+
+@dataclass
+class ThresholdSchedule:
+    """State of the confidence-threshold order (pd_confidence_threshold) across a round's steps.
+
+    Each span commits `base + carry` candidates per step, best first; all but the best must reach
+    the threshold τ, and each rejection is carried to the next step. A rejection on or after the
+    last scheduled step extends the round by one step.
+    """
+
+    steps: int
+    threshold: float
+    carry: list[int]
+
+    def __post_init__(self) -> None:
+        self.initial_steps = self.steps
+
+    def candidates(self, span: int, masked: int, step: int, span_length: int) -> int:
+        base = masked // (self.initial_steps - step) if step < self.initial_steps else 0
+        base = min(max(1, base), masked)
+        # The reference's top-k raises when the carry outgrows the span; we clamp.
+        return min(base + self.carry[span], span_length)
+
+    def accept(self, span: int, scores: torch.Tensor, step: int) -> torch.Tensor:
+        """Given the span's selected candidates' scores (best first), return which are accepted."""
+        accepted = scores >= self.threshold
+        accepted[0] = True
+        self.carry[span] = 0
+        for rejected in range(int((~accepted).sum())):
+            self.carry[span] += 1
+            if not step < self.steps - 1:
+                self.steps += 1
+        return accepted

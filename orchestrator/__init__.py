@@ -1,0 +1,1 @@
+"""plandiff.orchestrator: control plane and entry points (CLI)."""

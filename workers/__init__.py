@@ -1,0 +1,1 @@
+"""plandiff.workers: worker actors that serve generation phases (see the orchestrator issue)."""
