@@ -1,0 +1,126 @@
+"""The `plandiff` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from plandiff.model import GenerationResult, ModelRuntime, PlandiffError
+from plandiff.model.random_checkpoint import build_random_checkpoint
+
+from .settings import GenerateSettings, load_settings
+
+# Until a trained demo model ships, a bare `plandiff generate` runs a tiny random model with this
+# plan forced, so that plan → spans in parallel → sync → plan → end runs end to end.
+DEMO_PLAN = (
+    "<promise>-<topic>definition 3</topic><promise>-<topic>causes 2</topic><sync/>"
+    "<promise>-<topic>summary 1</topic><|im_end|>"
+)
+RANDOM_MODEL_VERSION = "tiny-random-v1"
+
+
+def demo_model_folder() -> Path:
+    cache = Path(os.environ.get("PLANDIFF_CACHE", Path.home() / ".cache" / "plandiff"))
+    folder = cache / RANDOM_MODEL_VERSION
+    if not (folder / "config.json").exists():
+        build_random_checkpoint(folder, "compact", seed=0)
+    return folder
+
+
+def add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="planned-diffusion generation for one prompt")
+    p.add_argument("prompt", help="the user message (wrapped in the checkpoint's chat template)")
+    p.add_argument("--model", help="checkpoint folder (config.json, safetensors, tokenizer)")
+    p.add_argument("--config", help="YAML preset of settings (see configs/)")
+    p.add_argument("--plan", help="force the plan, e.g. '<promise>-<topic>intro 3</topic><|im_end|>'")
+    p.add_argument("--json", action="store_true", help="print the structured result as JSON")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device")
+    p.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"])
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--steps-ratio", type=float)
+    p.add_argument("--order", choices=["entropy", "confidence", "margin", "threshold"])
+    p.add_argument("--threshold", type=float, help="confidence threshold τ (with --order threshold)")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int, help="0 turns top-k filtering off (default 50, as the reference)")
+    p.add_argument("--dense", action=argparse.BooleanOptionalAction, default=None,
+                   help="spans of a round attend to each other (default: the checkpoint's setting)")
+    p.add_argument("--length-scale", type=float)
+    p.add_argument("--kv-refresh", choices=["exact", "reference"])
+    p.add_argument("--seed", type=int)
+
+
+def add_random_checkpoint(sub) -> None:
+    p = sub.add_parser("random-checkpoint", help="write a tiny random checkpoint folder (for tests and trials)")
+    p.add_argument("folder")
+    p.add_argument("--layout", choices=["compact", "dream"], default="compact",
+                   help="dream: the released checkpoints' token ids and 152064-row vocabulary")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-shard-size", default="5GB", help="e.g. 10MB to write a sharded checkpoint")
+
+
+def run_generate(args) -> int:
+    cli = {k: getattr(args, k) for k in GenerateSettings.model_fields if hasattr(args, k)}
+    settings = load_settings(args.config, cli)
+    if args.top_k == 0:
+        settings = settings.model_copy(update={"top_k": None})
+    plan = args.plan
+    folder = settings.model
+    if folder is None:
+        folder = demo_model_folder()
+        plan = plan or DEMO_PLAN
+        print(f"note: no --model given and no trained demo model ships yet; using a tiny random model "
+              f"built locally at {folder} (its text is noise) with a demo plan forced.", file=sys.stderr)
+    runtime = ModelRuntime.load(folder, dtype=settings.dtype, device=settings.device)
+    start = time.perf_counter()
+    prompt_ids = runtime.encode_prompt(args.prompt, system=settings.system)
+    result = runtime.generate(prompt_ids, settings.options(), plan=plan)
+    seconds = time.perf_counter() - start
+    if args.json:
+        print(json.dumps({**result.to_dict(), "seconds": round(seconds, 4)}, ensure_ascii=False))
+    else:
+        print_result(result, seconds)
+    return 0
+
+
+def print_result(result: GenerationResult, seconds: float) -> None:
+    for r in result.rounds:
+        if not r.spans and not r.plan_ids:
+            continue
+        print(f"round {r.index} ({r.stop or 'cut'}): {r.plan_forwards} planning forwards, {r.denoise_steps} denoising steps")
+        for s in r.spans:
+            clamped = " (clamped)" if s.clamped else ""
+            print(f"  span {s.index}: {s.topic!r}, {s.length} slots{clamped}: {s.text!r}")
+    print()
+    print(result.text)
+    print()
+    u = result.usage
+    extra = f", fallback: {result.fallback}" if result.fallback else ""
+    print(f"{u.generated_tokens} tokens, {u.forward_passes} forward passes on the critical path, "
+          f"steps per round {u.steps_per_round}, finish: {result.finish_reason}{extra}, {seconds:.2f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="plandiff", description="Serve and run planned-diffusion language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_generate(sub)
+    add_random_checkpoint(sub)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            return run_generate(args)
+        folder = build_random_checkpoint(args.folder, args.layout, seed=args.seed, max_shard_size=args.max_shard_size)
+        print(f"wrote a tiny random {args.layout} checkpoint to {folder}")
+        return 0
+    except PlandiffError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Generation settings at the boundary: pydantic-validated, from YAML presets, environment and CLI.
+
+Precedence: CLI flags > environment (PLANDIFF_…) > YAML preset (--config) > defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from plandiff.model import GenerationOptions, InvalidRequestError, Sampling
+
+
+class GenerateSettings(BaseSettings):
+    """Everything `plandiff generate` can be told; field names are the YAML keys."""
+
+    model_config = SettingsConfigDict(env_prefix="PLANDIFF_", extra="forbid")
+
+    model: str | None = Field(None, description="checkpoint folder; none = a tiny random model built locally")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    device: str = "cpu"
+    system: str | None = "You are a helpful assistant."
+    mode: Literal["planned", "autoregressive", "diffusion"] = "planned"
+    max_new_tokens: int = Field(512, ge=1)
+    steps_ratio: float = Field(1.0, gt=0, le=1)
+    order: Literal["entropy", "confidence", "margin", "threshold"] = "entropy"
+    threshold: float | None = Field(None, gt=0, le=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(50, ge=1)
+    dense: bool | None = None
+    length_scale: float | None = Field(None, gt=0)
+    max_span_length: int = Field(256, ge=1)
+    kv_refresh: Literal["exact", "reference"] = "exact"
+    on_malformed_plan: Literal["autoregressive", "raise"] = "autoregressive"
+    seed: int | None = None
+
+    def options(self) -> GenerationOptions:
+        return GenerationOptions(
+            mode=self.mode, max_new_tokens=self.max_new_tokens, steps_ratio=self.steps_ratio, order=self.order,
+            threshold=self.threshold,
+            sampling=Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k),
+            dense=self.dense, length_scale=self.length_scale, max_span_length=self.max_span_length,
+            kv_refresh=self.kv_refresh, on_malformed_plan=self.on_malformed_plan, seed=self.seed,
+        )
+
+
+def load_settings(preset: str | Path | None, cli: dict[str, Any]) -> GenerateSettings:
+    """Merge a YAML preset, the environment and CLI values (None = not given on the CLI)."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        path = Path(preset)
+        if not path.exists():
+            raise InvalidRequestError(f"config file {path} does not exist")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise InvalidRequestError(f"{path} must hold a mapping of settings, not {type(values).__name__}")
+    try:
+        values.update(GenerateSettings().model_dump(exclude_unset=True))  # what the environment sets
+        values.update({k: v for k, v in cli.items() if v is not None})
+        return GenerateSettings.model_validate(values)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise InvalidRequestError(f"invalid settings: {problems}") from err
