@@ -172,12 +172,12 @@ class RequestState:
             token = self.forced[self.round.index][len(round_tokens)]
         else:
             logits = filter_logits(logits, self.options.sampling)
-            if self.options.mode == "autoregressive" or self.fallback:
+            if self.logits_processor is not None:
+                logits = self.logits_processor(round_tokens, logits)
+            if self.options.mode == "autoregressive" or self.fallback:  # text only: tags are banned last
                 banned = list(self.tags.structural - set(self.tags.end))
                 logits = logits.clone()
                 logits[banned] = torch.finfo(logits.dtype).min
-            if self.logits_processor is not None:
-                logits = self.logits_processor(round_tokens, logits)
             token = next_token(logits, self.options.sampling, self.generator)
         self._append(token, CAUSAL, len(self.rounds) - 1)
         if self.options.mode == "autoregressive" or self.fallback:
