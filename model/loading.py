@@ -49,14 +49,31 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     the released checkpoints' remote-code DreamTokenizer is (reference §1.3)."""
     try:
         if (folder / "tokenizer.json").exists():
-            return PreTrainedTokenizerFast.from_pretrained(folder)
-        if (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+        elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
             from transformers import Qwen2Tokenizer
 
-            return Qwen2Tokenizer.from_pretrained(folder)
+            tokenizer = Qwen2Tokenizer.from_pretrained(folder)
+        else:
+            raise CheckpointError(f"{folder} has no tokenizer: neither tokenizer.json nor vocab.json + merges.txt")
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot load the tokenizer of {folder}: {err}") from err
-    raise CheckpointError(f"{folder} has no tokenizer: neither tokenizer.json nor vocab.json + merges.txt")
+    check_added_tokens(folder, tokenizer)
+    return tokenizer
+
+
+def check_added_tokens(folder: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """The ids a checkpoint declares for its added tokens must be the ids the tokenizer gives them:
+    a library that renumbers them would silently feed the model the wrong tags."""
+    settings = folder / "tokenizer_config.json"
+    declared = json.loads(settings.read_text()).get("added_tokens_decoder", {}) if settings.exists() else {}
+    for token_id, entry in declared.items():
+        actual = tokenizer.convert_tokens_to_ids(entry["content"])
+        if actual != int(token_id):
+            raise CheckpointError(
+                f"the tokenizer of {folder} maps {entry['content']!r} to id {actual}, but tokenizer_config.json "
+                f"declares id {token_id}"
+            )
 
 
 def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
