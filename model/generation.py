@@ -16,7 +16,7 @@ from typing import Callable, Literal
 
 import torch
 
-from .errors import InvalidPlanError, MalformedPlanError, PromptTooLongError
+from .errors import InvalidPlanError, InvalidRequestError, MalformedPlanError, PromptTooLongError
 from .layout import CAUSAL, Layout
 from .options import GenerationOptions
 from .plan_parser import Malformed, PlanParser, RoundEnd, SpanPromised
@@ -86,7 +86,7 @@ class RequestState:
         logits_processor: LogitsProcessor | None = None,
     ):
         if not prompt_ids:
-            raise PromptTooLongError("the prompt is empty; at least one token is needed")
+            raise InvalidRequestError("the prompt is empty; at least one token is needed")
         if len(prompt_ids) >= max_positions:
             raise PromptTooLongError(
                 f"the prompt has {len(prompt_ids)} tokens; the model's context holds {max_positions}, "
@@ -115,6 +115,7 @@ class RequestState:
         self._dirty: set[int] = set()  # regions whose cached keys are stale
         self._regions = 0
         self._spans: list[Span] = []  # the round being denoised
+        self._stop: int | None = None  # the token that ended its plan: <sync/> is put back after it
         self._steps = 0
         self._step = 0
         self._times: torch.Tensor | None = None

@@ -1,5 +1,7 @@
 """Shared fixtures: tiny random checkpoints built once per test session (never downloaded)."""
 
+import os
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from plandiff.model import ModelRuntime
 from plandiff.model.random_checkpoint import build_random_checkpoint
 
 torch.set_num_threads(1)  # golden comparisons were made single-threaded
+DEVICE = os.environ.get("PLANDIFF_TEST_DEVICE", "cpu")  # "cuda" to run the model tests on a GPU
 
 
 @pytest.fixture(scope="session")
@@ -16,11 +19,11 @@ def compact_folder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def compact(compact_folder) -> ModelRuntime:
-    return ModelRuntime.load(compact_folder)
+    return ModelRuntime.load(compact_folder, device=DEVICE)
 
 
 @pytest.fixture(scope="session")
 def dream(tmp_path_factory) -> ModelRuntime:
     """The recipe of tests/fixtures/reference_greedy.json: Dream ids and vocabulary, seed 0."""
     folder = build_random_checkpoint(tmp_path_factory.mktemp("dream") / "ckpt", "dream", seed=0, lm_scale=8.0)
-    return ModelRuntime.load(folder)
+    return ModelRuntime.load(folder, device=DEVICE)

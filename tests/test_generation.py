@@ -207,7 +207,7 @@ def test_prompt_longer_than_the_context(compact):
     too_long = [100] * compact.checkpoint.config.max_position_embeddings
     with pytest.raises(PromptTooLongError, match="context holds"):
         compact.generate(too_long, GenerationOptions())
-    with pytest.raises(PromptTooLongError, match="empty"):
+    with pytest.raises(InvalidRequestError, match="empty"):
         compact.generate([], GenerationOptions())
 
 
