@@ -75,7 +75,7 @@ class DreamConfig:
         if data["plandiff_tags"] is None:
             del data["plandiff_tags"]
         # Keys the official loader reads although its config class does not declare them.
-        out = {
+        derived = {
             "model_type": "Dream",
             "architectures": ["DreamModel"],
             "sliding_window": self.max_position_embeddings,
@@ -83,9 +83,7 @@ class DreamConfig:
             "max_window_layers": self.num_hidden_layers,
             "use_cache": True,
         }
-        out.update(self.extra)
-        out.update(data)
-        return out
+        return {**self.extra, **derived, **data}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

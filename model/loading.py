@@ -66,7 +66,10 @@ def check_added_tokens(folder: Path, tokenizer: PreTrainedTokenizerBase) -> None
     """The ids a checkpoint declares for its added tokens must be the ids the tokenizer gives them:
     a library that renumbers them would silently feed the model the wrong tags."""
     settings = folder / "tokenizer_config.json"
-    declared = json.loads(settings.read_text()).get("added_tokens_decoder", {}) if settings.exists() else {}
+    try:
+        declared = json.loads(settings.read_text()).get("added_tokens_decoder", {}) if settings.exists() else {}
+    except ValueError as err:
+        raise CheckpointError(f"{settings} is not valid JSON: {err}") from err
     for token_id, entry in declared.items():
         actual = tokenizer.convert_tokens_to_ids(entry["content"])
         if actual != int(token_id):
@@ -78,8 +81,10 @@ def check_added_tokens(folder: Path, tokenizer: PreTrainedTokenizerBase) -> None
 
 def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / INDEX).exists():
-        index = json.loads((folder / INDEX).read_text())
-        files = sorted(set(index["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads((folder / INDEX).read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError) as err:
+            raise CheckpointError(f"{folder / INDEX} is not a shard index: {err}") from err
     elif (folder / SINGLE).exists():
         files = [SINGLE]
     else:
@@ -89,9 +94,12 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
         path = folder / name
         if not path.exists():
             raise CheckpointError(f"shard {name} named by {INDEX} is missing from {folder}")
-        with safe_open(path, framework="pt") as f:
-            for key in f.keys():
-                state[key] = f.get_tensor(key)
+        try:
+            with safe_open(path, framework="pt") as f:
+                for key in f.keys():
+                    state[key] = f.get_tensor(key)
+        except Exception as err:  # safetensors raises its own SafetensorError for a damaged file
+            raise CheckpointError(f"cannot read {path}: {err}") from err
     return state
 
 
@@ -102,7 +110,10 @@ def load_checkpoint(
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise CheckpointError(f"{folder} is not a checkpoint folder: config.json is missing")
-    config = DreamConfig.from_file(folder / "config.json")
+    try:
+        config = DreamConfig.from_file(folder / "config.json")
+    except (ValueError, TypeError) as err:  # bad JSON, unknown field values
+        raise CheckpointError(f"{folder / 'config.json'} is not a usable Dream config: {err}") from err
     dtype = resolve_dtype(dtype, config)
     state = load_state_dict(folder)
     with torch.device("meta"):
@@ -114,7 +125,10 @@ def load_checkpoint(
             f"weights of {folder} do not match the config: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
-    network.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    try:
+        network.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    except RuntimeError as err:  # a weight's shape disagrees with config.json
+        raise CheckpointError(f"weights of {folder} do not match its config.json: {err}") from err
     network.rotary = type(network.rotary)(config.head_dim, config.rope_theta)  # its buffer was on meta
     network.to(device=device).eval()
     tokenizer = load_tokenizer(folder)

@@ -66,8 +66,11 @@ def add_random_checkpoint(sub) -> None:
 
 def run_generate(args) -> int:
     cli = {k: getattr(args, k) for k in GenerateSettings.model_fields if hasattr(args, k)}
+    no_top_k = cli.get("top_k") == 0  # "off", which the settings spell None
+    if no_top_k:
+        del cli["top_k"]
     settings = load_settings(args.config, cli)
-    if args.top_k == 0:
+    if no_top_k:
         settings = settings.model_copy(update={"top_k": None})
     plan = args.plan
     folder = settings.model
