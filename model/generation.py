@@ -3,9 +3,9 @@
     plan (one token per forward, KV-cached) → scaffold → denoise (live spans only) → <sync/> → plan → … → end
 
 `RequestState.schedule()` says what the next forward must compute (which positions, which logits);
-`RequestState.advance()` takes those logits and moves the request on. The state holds token ids and
-layout metadata only, never a tensor of the network, so an engine can drive many requests through
-shared forwards; `generate()` below drives one request alone.
+`RequestState.advance()` takes those logits and moves the request on, appending what happened to
+`events`. The state holds token ids and layout metadata only, never a tensor of the network, so an
+engine can drive many requests through shared forwards; `ModelRuntime.run` drives one alone.
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ from typing import Callable, Literal
 import torch
 
 from .errors import InvalidPlanError, InvalidRequestError, MalformedPlanError, PromptTooLongError
+from .events import (
+    DenoiseStep, Finished, PlanToken, RequestEvent, RoundJoined, RoundPlanned, SpanFilled, SpanInfo, SpanRetried,
+)
 from .layout import CAUSAL, Layout
 from .options import GenerationOptions
+from .plan_constraint import banned_plan_tokens, span_length
 from .plan_parser import Malformed, PlanParser, RoundEnd, SpanPromised
 from .tags import TagVocabulary
 from .unmasking import ThresholdSchedule, commit_count, diffusion_steps, filter_logits, next_token, propose, timesteps
@@ -43,11 +47,15 @@ class Span:
     start: int  # position of its <async>; slots are start+1 … start+length
     region: int
     clamped: bool = False  # the promised length exceeded max_span_length
+    retries: int = 0  # times it was given more slots after overflowing
 
     @property
     def end(self) -> int:
         """One past its </async>."""
         return self.start + self.length + 2
+
+    def info(self) -> SpanInfo:
+        return SpanInfo(self.round, self.index, self.topic_ids, self.length, self.clamped)
 
 
 @dataclass
@@ -68,7 +76,7 @@ class Forward:
     positions: list[int]  # positions whose keys/values and hidden states are computed
     key_length: int  # attend over cache positions [0, key_length)
     logit_positions: list[int]  # positions whose logits are needed (a subset of `positions`)
-    fresh_cache: bool = False  # start from an empty cache (kv_cache=False)
+    fresh_cache: bool = False  # start from an empty cache (kv_cache=False, or a resumed request)
 
 
 class RequestState:
@@ -104,6 +112,8 @@ class RequestState:
         self.finish_reason: Literal["end", "length"] | None = None
         self.fallback: str | None = None  # set when a malformed plan was finished autoregressively
         self.forwards = 0
+        self.retries = 0  # overflowing spans given more slots
+        self.events: list[RequestEvent] = []
         self.rounds: list[Round] = [Round(0, self.prompt_length)]
         self.parser = PlanParser(tags)
         self.forced = [list(r) for r in plan] if plan is not None else None
@@ -112,7 +122,9 @@ class RequestState:
         self.logits_processor = logits_processor
         self.generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
         self._computed = 0  # positions [0, _computed) of the causal prefix have current keys
+        self._fresh_cache = False  # the next forward starts from an empty cache
         self._dirty: set[int] = set()  # regions whose cached keys are stale
+        self._placed: set[int] = set()  # finished spans moved by an overflow retry, not computed since
         self._regions = 0
         self._spans: list[Span] = []  # the round being denoised
         self._stop: int | None = None  # the token that ended its plan: <sync/> is put back after it
@@ -129,6 +141,11 @@ class RequestState:
     def round(self) -> Round:
         return self.rounds[-1]
 
+    def drain(self) -> list[RequestEvent]:
+        """The events since the last drain."""
+        events, self.events = self.events, []
+        return events
+
     def schedule(self) -> Forward:
         """The next forward this request needs. Only valid while `phase` is not DONE."""
         assert self.phase is not Phase.DONE
@@ -144,47 +161,61 @@ class RequestState:
             if exact:  # every live span is stale: it is new or committed tokens last step
                 positions = self._stale_positions()
             else:  # the official cached code recomputes only spans that still hold masks
-                positions = [p for s in live for p in range(s.start, s.end)]
+                positions = [p for s in self._spans if self._masked(s) or s.region in self._placed
+                             for p in range(s.start, s.end)]
+            positions += list(range(self._computed, self._spans[0].start))
             logit_positions = [
                 p - 1 for s in live for p in range(s.start + 1, s.end - 1) if self.tokens[p] == self.tags.mask
             ]
         if not self.options.kv_cache:
             return Forward(list(range(n)), n, logit_positions, fresh_cache=True)
-        return Forward(sorted(positions), n, logit_positions)
+        return Forward(sorted(set(positions)), n, logit_positions, fresh_cache=self._fresh_cache)
 
     def advance(self, forward: Forward, logits: torch.Tensor) -> None:
         """Consume the logits of `forward.logit_positions` (rows in that order) and move on."""
         self.forwards += 1
+        self._fresh_cache = False
         computed = set(forward.positions)
         self._dirty = {r for r in self._dirty if not self._region_positions(r) <= computed}
+        self._placed = {r for r in self._placed if not self._region_positions(r) <= computed}
         if self.phase is Phase.PLAN:
             self._computed = len(self.tokens)
             self.round.plan_forwards += 1
-            self._plan_step(logits[-1])
+            self._accept_plan_token(self._choose_plan_token(logits[-1]))
         else:
+            self._computed = max(self._computed, self._spans[0].start)
             self.round.denoise_steps += 1
             self._denoise_step(forward.logit_positions, logits)
 
     # ------------------------------------------------------------------ planning
 
-    def _plan_step(self, logits: torch.Tensor) -> None:
+    def _text_only(self) -> bool:
+        return self.options.mode == "autoregressive" or self.fallback is not None
+
+    def _choose_plan_token(self, logits: torch.Tensor) -> int:
         round_tokens = self.tokens[self.round.plan_start:]
-        if self.forced is not None and self.options.mode == "planned":
-            token = self.forced[self.round.index][len(round_tokens)]
+        if self.forced is not None:
+            return self.forced[self.round.index][len(round_tokens)]
+        logits = filter_logits(logits, self.options.sampling)
+        if self.logits_processor is not None:
+            logits = self.logits_processor(round_tokens, logits)
+        if self._text_only():  # tags are banned last, whatever a processor did
+            banned = list(self.tags.structural - set(self.tags.end))
+        elif self.options.constrain_plan:
+            banned = banned_plan_tokens(self.parser, self.round.index, self.options)
         else:
-            logits = filter_logits(logits, self.options.sampling)
-            if self.logits_processor is not None:
-                logits = self.logits_processor(round_tokens, logits)
-            if self.options.mode == "autoregressive" or self.fallback:  # text only: tags are banned last
-                banned = list(self.tags.structural - set(self.tags.end))
-                logits = logits.clone()
-                logits[banned] = torch.finfo(logits.dtype).min
-            token = next_token(logits, self.options.sampling, self.generator)
-        self._append(token, CAUSAL, len(self.rounds) - 1)
-        if self.options.mode == "autoregressive" or self.fallback:
+            banned = []
+        if banned:
+            logits = logits.clone()
+            logits[banned] = torch.finfo(logits.dtype).min
+        return next_token(logits, self.options.sampling, self.generator)
+
+    def _accept_plan_token(self, token: int) -> None:
+        self._append(token, CAUSAL, self.round.index)
+        self.events.append(PlanToken(self.round.index, token))
+        if self._text_only():
             if token in self.tags.end:
-                self.tokens.pop()
-                self.layout.truncate(len(self.tokens))
+                self._pop()
                 self._finish("end")
             elif len(self.tokens) >= self.max_length:
                 self._finish("length")
@@ -199,66 +230,73 @@ class RequestState:
             self._promise(event)
         elif isinstance(event, RoundEnd):
             self._end_plan(event)
-        if self.phase is Phase.PLAN and len(self.tokens) >= self.max_length:
+        if self.phase is Phase.PLAN and (
+            len(self.tokens) >= self.max_length
+            or len(self.tokens) - self.round.plan_start >= self.options.max_plan_tokens
+        ):
             self._finish("length")
 
     def _promise(self, event: SpanPromised) -> None:
-        opts = self.options
-        if opts.length_scale is not None:
-            length = int(event.number * opts.length_scale)
-        else:
-            length = event.number * self.tags.span_length_unit
-        clamped = length > opts.max_span_length
-        span = Span(len(self.rounds) - 1, event.index, event.topic_ids, event.number,
-                    min(length, opts.max_span_length), start=-1, region=-1, clamped=clamped)
-        self.round.spans.append(span)
+        length = span_length(event.number, self.tags, self.options)
+        limit = self.options.max_span_length
+        self.round.spans.append(Span(self.round.index, event.index, event.topic_ids, event.number,
+                                     min(length, limit), start=-1, region=-1, clamped=length > limit))
 
     def _end_plan(self, event: RoundEnd) -> None:
-        stop = self.tokens.pop()  # the stop token is put back after the scaffold (sync) or dropped
-        self.layout.truncate(len(self.tokens))
+        self._stop = self._pop()  # the stop token is put back after the scaffold (sync) or dropped
         self.round.plan_end = len(self.tokens)
         self.round.stop = event.kind
         spans = self.round.spans
-        scaffold = sum(s.length + 2 for s in spans)
+        self.events.append(RoundPlanned(self.round.index, event.kind, tuple(s.info() for s in spans)))
         if not spans:  # a round without spans is plain text: a join with nothing to join, or the answer
-            if event.kind == "end":
-                self._finish("end")
-            else:
-                self._sync(stop)
+            self._end_round()
             return
-        if len(self.tokens) + scaffold + (event.kind == "sync") > self.max_length:
+        if len(self.tokens) + sum(s.length + 2 for s in spans) + (event.kind == "sync") > self.max_length:
             self._finish("length")  # the scaffold would not fit: keep the plan, fill nothing
             return
-        epoch = len(self.rounds) - 1
+        self._place(spans, keep={})
+        self._begin_denoise()
+
+    def _place(self, spans: list[Span], keep: dict[int, list[int]]) -> None:
+        """Append the round's scaffold: each span's tags around masks (or the content in `keep`)."""
+        epoch = self.round.index
         dense_region = self._new_region() if self.dense else None
         for span in spans:
             span.region = dense_region if dense_region is not None else self._new_region()
             span.start = len(self.tokens)
-            self._append(self.tags.span_open, span.region, epoch)
-            for _ in range(span.length):
-                self._append(self.tags.mask, span.region, epoch)
-            self._append(self.tags.span_close, span.region, epoch)
+            content = keep.get(span.index, [self.tags.mask] * span.length)
+            for token in [self.tags.span_open, *content, self.tags.span_close]:
+                self._append(token, span.region, epoch)
             self._dirty.add(span.region)
-        self._stop = stop
+            if span.index in keep:
+                self._placed.add(span.region)
         self._computed = len(self.tokens)  # scaffold keys are tracked per region from here on
-        self._begin_denoise(spans, max(s.length for s in spans))
 
-    def _sync(self, sync: int) -> None:
-        epoch = len(self.rounds)
-        self._append(sync, CAUSAL, epoch)
-        self.rounds.append(Round(epoch, len(self.tokens)))
-        self.parser.reset()
-        self.phase = Phase.PLAN
+    def _end_round(self) -> None:
+        """Join the round: resume planning after <sync/>, or finish."""
+        if self.round.stop == "sync":
+            self._append(self._stop, CAUSAL, self.round.index + 1)
+            self.events.append(RoundJoined(self.round.index, "sync", tuple(self.tokens[self.prompt_length:])))
+            self.rounds.append(Round(self.round.index + 1, len(self.tokens)))
+            self.parser.reset()
+            self.phase = Phase.PLAN
+        else:
+            self.events.append(RoundJoined(self.round.index, "end", tuple(self.tokens[self.prompt_length:])))
+            self._finish("end")
 
     # ------------------------------------------------------------------ denoising
 
-    def _begin_denoise(self, spans: list[Span], longest: int) -> None:
-        self._spans = spans
-        self._steps = diffusion_steps(longest, self.options.steps_ratio)
+    def _begin_denoise(self) -> None:
+        self._spans = self.round.spans
+        live = [s for s in self._spans if self._masked(s)]
+        if not live:  # every span promised zero slots: nothing to denoise
+            self._end_round()
+            return
+        self._steps = diffusion_steps(max(s.length for s in live), self.options.steps_ratio)
         self._step = 0
         self._times = timesteps(self._steps)
         self._threshold = (
-            ThresholdSchedule(self._steps, self.options.threshold, [0] * len(spans))
+            ThresholdSchedule(self._steps, self.options.threshold, [0] * len(self._spans))
             if self.options.order == "threshold" else None
         )
         self.phase = Phase.DENOISE
@@ -290,17 +328,44 @@ class RequestState:
                 p = span.start + offset
                 self.tokens[p] = int(x0[slot_row[p]])
             self._dirty.add(span.region)
+            if not self._masked(span):
+                content = tuple(self.tokens[span.start + 1: span.end - 1])
+                overflow = bool(content) and content[-1] != self.tags.pad
+                self.events.append(SpanFilled(span.round, span.index, content, overflow))
         if threshold is not None:
             self._steps = threshold.steps
+        self.events.append(DenoiseStep(self.round.index, step, tuple(s.length - self._masked(s) for s in self._spans)))
         self._step += 1
         if not any(self._masked(s) for s in self._spans):
-            self._end_round()
+            if not self._retry_overflows():
+                self._end_round()
 
-    def _end_round(self) -> None:
-        if self.round.stop == "sync":
-            self._sync(self._stop)
-        else:
-            self._finish("end")
+    def _retry_overflows(self) -> bool:
+        """Give overflowing spans more slots and denoise them again (on_overflow="retry")."""
+        opts = self.options
+        if opts.on_overflow != "retry":
+            return False
+        grow = {}
+        for span in self._spans:
+            content = self.tokens[span.start + 1: span.end - 1]
+            longer = min(int(span.length * opts.overflow_growth), opts.max_span_length)
+            if content and content[-1] != self.tags.pad and span.retries < opts.max_overflow_retries and longer > span.length:
+                grow[span.index] = longer
+        if not grow:
+            return False
+        keep = {s.index: self.tokens[s.start + 1: s.end - 1] for s in self._spans if s.index not in grow}
+        needed = sum((grow.get(s.index, s.length)) + 2 for s in self._spans) + (self.round.stop == "sync")
+        if self._spans[0].start + needed > self.max_length:
+            return False  # no room to grow: accept what fits
+        self._truncate(self._spans[0].start)
+        for span in self._spans:
+            if span.index in grow:
+                self.events.append(SpanRetried(span.round, span.index, span.length, grow[span.index]))
+                span.length, span.retries = grow[span.index], span.retries + 1
+                self.retries += 1
+        self._place(self._spans, keep)
+        self._begin_denoise()
+        return True
 
     # ------------------------------------------------------------------ diffusion-only baseline
 
@@ -314,7 +379,6 @@ class RequestState:
             self._append(self.tags.mask, region, 0)
         self._computed = len(self.tokens)
         self._dirty.add(region)
-        self._stop = None
         self.round.stop = "end"
         self.round.spans.append(span)
         self._spans = [span]
@@ -338,11 +402,63 @@ class RequestState:
         if not self._masked(self._spans[0]):
             self._finish("end")
 
+    # ------------------------------------------------------------------ resuming elsewhere
+
+    def resume(self, generated: list[int]) -> None:
+        """Replay committed tokens (what `RoundJoined.generated` and `PlanToken`s reported) into a
+        fresh state, e.g. on another worker after one died; the next forward re-prefills everything.
+
+        `generated` holds whole joined rounds and then, optionally, the current round's planning
+        tokens (its stop token included once it was written). A round being denoised restarts.
+        """
+        if self.forwards or len(self.tokens) != self.prompt_length or self.options.mode == "diffusion":
+            raise InvalidRequestError("resume needs a fresh planned or autoregressive request")
+        i = 0
+        while i < len(generated):
+            if self.phase is Phase.DONE:
+                raise InvalidRequestError(f"resume: {len(generated) - i} tokens follow the end of the answer")
+            if self.phase is Phase.PLAN:
+                token = generated[i]
+                if token == self.tags.span_open and not self._text_only() and self.parser.topic is None:
+                    # a joined round's scaffold: its plan ended with the <sync/> placed after the
+                    # scaffold, or (nothing after it) with an end token
+                    after = i + sum(s.length + 2 for s in self.round.spans)
+                    token = self.tags.sync if after < len(generated) and generated[after] == self.tags.sync \
+                        else self.tags.end[0]
+                else:
+                    i += 1
+                self._accept_plan_token(token)
+                continue
+            start, end = self._spans[0].start, self._spans[-1].end
+            filled = generated[i: i + end - start]
+            if len(filled) != end - start or filled[0] != self.tags.span_open or filled[-1] != self.tags.span_close:
+                raise InvalidRequestError("resume: the generated tokens do not hold the round's scaffold")
+            self.tokens[start:end] = filled
+            i += end - start
+            self._end_round()
+            if self.phase is Phase.PLAN:
+                if i >= len(generated) or generated[i] != self.tags.sync:
+                    raise InvalidRequestError("resume: a joined round must be followed by <sync/>")
+                i += 1
+        self.events.clear()
+        self._computed = 0
+        self._dirty = {r for r in self.layout.region if r != CAUSAL}
+        self._fresh_cache = True
+
     # ------------------------------------------------------------------ helpers
 
     def _append(self, token: int, region: int, epoch: int) -> None:
         self.tokens.append(token)
         self.layout.append(region, epoch)
+
+    def _pop(self) -> int:
+        token = self.tokens.pop()
+        self.layout.truncate(len(self.tokens))
+        return token
+
+    def _truncate(self, length: int) -> None:
+        del self.tokens[length:]
+        self.layout.truncate(length)
 
     def _new_region(self) -> int:
         self._regions += 1
@@ -360,30 +476,36 @@ class RequestState:
     def _finish(self, reason: Literal["end", "length"]) -> None:
         self.phase = Phase.DONE
         self.finish_reason = reason
+        self.events.append(Finished(reason, self.fallback))
 
 
 def validate_plan(plan: list[list[int]], tags: TagVocabulary, options: GenerationOptions) -> None:
-    """Check a caller-given plan: every round parses, only the last ends, spans fit the bounds."""
+    """Check a caller-given plan: every round parses, only the last ends, bounds hold."""
     if options.mode != "planned":
         raise InvalidPlanError(f"a forced plan needs mode 'planned', not {options.mode!r}")
     if not plan:
         raise InvalidPlanError("the forced plan has no round")
+    if len(plan) > options.max_rounds:
+        raise InvalidPlanError(f"the forced plan has {len(plan)} rounds; max_rounds is {options.max_rounds}")
     parser = PlanParser(tags)
     for r, tokens in enumerate(plan):
         parser.reset()
         last = r == len(plan) - 1
+        if len(tokens) > options.max_plan_tokens:
+            raise InvalidPlanError(f"round {r} has {len(tokens)} tokens; max_plan_tokens is {options.max_plan_tokens}")
         for i, token in enumerate(tokens):
             event = parser.feed(token)
             if isinstance(event, Malformed):
                 raise InvalidPlanError(f"round {r}: {event.reason}")
             if isinstance(event, SpanPromised):
-                length = (int(event.number * options.length_scale) if options.length_scale is not None
-                          else event.number * tags.span_length_unit)
+                length = span_length(event.number, tags, options)
                 if length > options.max_span_length:
                     raise InvalidPlanError(
                         f"round {r}: span {event.index} promises {length} slots; max_span_length is "
                         f"{options.max_span_length}"
                     )
+                if event.index >= options.max_spans:
+                    raise InvalidPlanError(f"round {r} promises more than max_spans={options.max_spans} spans")
             if isinstance(event, RoundEnd):
                 if i != len(tokens) - 1:
                     raise InvalidPlanError(f"round {r}: tokens follow the round's end at index {i}")

@@ -33,6 +33,15 @@ class GenerationOptions:
     kv_cache:        False recomputes the whole sequence every forward (slow; for verification).
     on_malformed_plan: "autoregressive" keeps the bad plan as text and finishes the answer
                      left to right with tags banned; "raise" raises MalformedPlanError.
+    constrain_plan:  mask the planner's logits so that it can only write a plan that parses
+                     (plan_constraint.py); off, a malformed plan goes to `on_malformed_plan`.
+    max_plan_tokens: planner tokens per round; a longer round ends the answer (finish "length").
+    max_spans:       spans per round (constrained planning stops promising more).
+    max_rounds:      planning rounds per request (constrained planning bans <sync/> in the last).
+    on_overflow:     a span whose content fills every slot (no [PAD] at its end) probably did not
+                     fit: "accept" it (the reference's behaviour), or "retry" it with
+                     `overflow_growth` × the slots, up to `max_overflow_retries` times and
+                     `max_span_length`, keeping the round's other spans.
     seed:            seeds this request's sampler (temperature > 0).
     """
 
@@ -48,6 +57,13 @@ class GenerationOptions:
     kv_refresh: KVRefresh = "exact"
     kv_cache: bool = True
     on_malformed_plan: Literal["autoregressive", "raise"] = "autoregressive"
+    constrain_plan: bool = True
+    max_plan_tokens: int = 256
+    max_spans: int = 16
+    max_rounds: int = 8
+    on_overflow: Literal["accept", "retry"] = "accept"
+    max_overflow_retries: int = 1
+    overflow_growth: float = 2.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -72,5 +88,14 @@ class GenerationOptions:
             bad(f"max_span_length must be >= 1, got {self.max_span_length}")
         if self.kv_refresh not in ("exact", "reference"):
             bad(f"kv_refresh must be exact or reference, got {self.kv_refresh!r}")
+        for name in ("max_plan_tokens", "max_spans", "max_rounds"):
+            if getattr(self, name) < 1:
+                bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.on_overflow not in ("accept", "retry"):
+            bad(f"on_overflow must be accept or retry, got {self.on_overflow!r}")
+        if self.max_overflow_retries < 0:
+            bad(f"max_overflow_retries must be >= 0, got {self.max_overflow_retries}")
+        if self.overflow_growth <= 1:
+            bad(f"overflow_growth must be > 1, got {self.overflow_growth}")
         if self.on_malformed_plan not in ("autoregressive", "raise"):
             bad(f"on_malformed_plan must be autoregressive or raise, got {self.on_malformed_plan!r}")

@@ -1,0 +1,75 @@
+"""What a request reports as it moves: small, picklable records (token ids, never tensors).
+
+`RequestState` appends them to its `events` list; a driver (the single-request runtime, a worker
+actor) drains and forwards them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+
+@dataclass(frozen=True)
+class PlanToken:
+    round: int
+    token: int
+
+
+@dataclass(frozen=True)
+class SpanInfo:
+    round: int
+    index: int
+    topic_ids: tuple[int, ...]
+    length: int
+    clamped: bool
+
+
+@dataclass(frozen=True)
+class RoundPlanned:
+    """A planning round ended; its spans (possibly none) are about to be denoised."""
+
+    round: int
+    stop: Literal["sync", "end"]
+    spans: tuple[SpanInfo, ...]
+
+
+@dataclass(frozen=True)
+class DenoiseStep:
+    round: int
+    step: int
+    filled: tuple[int, ...]  # committed slots per span of the round, after this step
+
+
+@dataclass(frozen=True)
+class SpanFilled:
+    round: int
+    index: int
+    token_ids: tuple[int, ...]
+    overflow: bool  # every slot holds content: it probably did not fit
+
+
+@dataclass(frozen=True)
+class SpanRetried:
+    round: int
+    index: int
+    previous: int
+    length: int
+
+
+@dataclass(frozen=True)
+class RoundJoined:
+    """A round's spans are final and joined; `generated` is everything committed after the prompt."""
+
+    round: int
+    stop: Literal["sync", "end"]
+    generated: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: Literal["end", "length"]
+    fallback: str | None
+
+
+RequestEvent = Union[PlanToken, RoundPlanned, DenoiseStep, SpanFilled, SpanRetried, RoundJoined, Finished]
