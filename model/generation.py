@@ -100,6 +100,13 @@ class RequestState:
                 f"the prompt has {len(prompt_ids)} tokens; the model's context holds {max_positions}, "
                 "so nothing could be generated"
             )
+        control = {tags.promise_open, tags.promise_close, tags.span_open, tags.span_close, tags.sync, tags.pad,
+                   tags.mask}
+        if control & set(prompt_ids):
+            raise InvalidRequestError(
+                "the prompt ids hold control-tag ids "
+                f"{sorted(control & set(prompt_ids))}; tags cannot be given as input (send text instead)"
+            )
         self.options = options
         self.tags = tags
         self.prompt_length = len(prompt_ids)

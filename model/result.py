@@ -16,6 +16,7 @@ class SpanResult:
     topic: str
     length: int  # slots promised (after the length unit or scale)
     clamped: bool  # the promise exceeded max_span_length and was cut to it
+    retries: int  # times it overflowed and was given more slots
     token_ids: list[int]  # the filled slots, pads included
     text: str  # the content with pads removed
 
@@ -38,6 +39,7 @@ class Usage:
     plan_tokens: int
     span_tokens: int
     steps_per_round: list[int]
+    retries: int  # overflowing spans given more slots
 
 
 @dataclass

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import torch
 
+from .codec import DEFAULT_SYSTEM, TextCodec
 from .generation import Forward, LogitsProcessor, Phase, RequestState
 from .loading import Checkpoint, load_checkpoint
 from .network import KVCache
 from .options import GenerationOptions
 from .layout import mask_rows
-from .result import GenerationResult, RoundResult, SpanResult, Usage, strip_tags
-
-DEFAULT_SYSTEM = "You are a helpful assistant."
+from .result import GenerationResult
 
 
 class ModelRuntime:
@@ -24,6 +23,7 @@ class ModelRuntime:
         self.network = checkpoint.network
         self.tokenizer = checkpoint.tokenizer
         self.tags = checkpoint.tags
+        self.codec = TextCodec(checkpoint.tokenizer, checkpoint.profile, checkpoint.tags)
 
     @classmethod
     def load(cls, folder: str | Path, dtype: str | None = None, device: str = "cpu") -> ModelRuntime:
@@ -32,26 +32,10 @@ class ModelRuntime:
     # ------------------------------------------------------------------ prompts and plans
 
     def encode_prompt(self, prompt: str, system: str | None = DEFAULT_SYSTEM) -> list[int]:
-        """The chat prompt as the checkpoints were trained on it: ChatML with a system message."""
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        if getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-        return self.tokenizer.encode(prompt, add_special_tokens=False)
+        return self.codec.encode_prompt(prompt, system)
 
     def encode_plan(self, plan: str) -> list[list[int]]:
-        """A forced plan written as text ("<promise>-<topic>Intro 3</topic><sync/>…<|im_end|>"),
-        split into rounds after each <sync/>."""
-        ids = self.tokenizer.encode(plan, add_special_tokens=False)
-        rounds, current = [], []
-        for token in ids:
-            current.append(token)
-            if token == self.tags.sync:
-                rounds.append(current)
-                current = []
-        if current:
-            rounds.append(current)
-        return rounds
+        return self.codec.encode_plan(plan)
 
     # ------------------------------------------------------------------ running
 
@@ -105,53 +89,5 @@ class ModelRuntime:
         state = self.run(self.new_state(prompt_ids, options, plan, logits_processor))
         return self.result(state)
 
-    # ------------------------------------------------------------------ results
-
     def result(self, state: RequestState) -> GenerationResult:
-        decode = self.tokenizer.decode
-        generated = state.tokens[state.prompt_length:]
-        rounds = []
-        for r in state.rounds:
-            spans = []
-            for s in r.spans:
-                if s.start < 0:  # promised but never placed (the answer ran out of room)
-                    continue
-                content = state.tokens[s.start + 1: s.end - 1]
-                spans.append(SpanResult(
-                    round=s.round, index=s.index, topic=decode(list(s.topic_ids)).strip(), length=s.length,
-                    clamped=s.clamped, token_ids=content,
-                    text=decode([t for t in content if t != self.tags.pad]).strip(),
-                ))
-            plan_end = r.plan_end if r.plan_end >= 0 else len(state.tokens)
-            plan_ids = state.tokens[r.plan_start:plan_end] if state.options.mode != "diffusion" else []
-            rounds.append(RoundResult(r.index, plan_ids, r.stop, spans, r.plan_forwards, r.denoise_steps))
-        span_tokens = sum(len(s.token_ids) for r in rounds for s in r.spans)
-        if state.options.mode == "diffusion":
-            generated = _cut_at_end(generated, self.tags.end)
-            text = decode([t for t in generated if t != self.tags.pad], skip_special_tokens=False)
-        else:
-            text = decode(generated, skip_special_tokens=False)
-        usage = Usage(
-            prompt_tokens=state.prompt_length,
-            generated_tokens=len(generated),
-            forward_passes=state.forwards,
-            plan_tokens=sum(len(r.plan_ids) for r in rounds),
-            span_tokens=span_tokens,
-            steps_per_round=[r.denoise_steps for r in rounds],
-        )
-        return GenerationResult(
-            text=strip_tags(text, self.checkpoint.profile),
-            token_ids=generated,
-            prompt_ids=state.tokens[: state.prompt_length],
-            rounds=rounds,
-            usage=usage,
-            finish_reason=state.finish_reason,
-            fallback=state.fallback,
-        )
-
-
-def _cut_at_end(ids: list[int], ends: tuple[int, ...]) -> list[int]:
-    for i, t in enumerate(ids):
-        if t in ends:
-            return ids[:i]
-    return ids
+        return self.codec.result(state)

@@ -1,0 +1,131 @@
+"""Text in and out: chat prompts, forced plans, and results, from a tokenizer and its control tags.
+
+Loads without the network (`TextCodec.load`), so a control plane can encode and decode cheaply.
+User text never turns into control tags: message contents are tokenized with the tokenizer's own
+model but without matching added tokens, so a prompt that contains ``<sync/>`` or ``<|mask|>``
+reaches the model as the characters it holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from .config import DreamConfig
+from .errors import CheckpointError
+from .generation import RequestState
+from .loading import load_tokenizer
+from .result import GenerationResult, RoundResult, SpanResult, Usage, strip_tags
+from .tags import TagProfile, TagVocabulary
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+class TextCodec:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, profile: TagProfile, tags: TagVocabulary):
+        self.tokenizer = tokenizer
+        self.profile = profile
+        self.tags = tags
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TextCodec:
+        folder = Path(folder)
+        if not (folder / "config.json").exists():
+            raise CheckpointError(f"{folder} is not a checkpoint folder: config.json is missing")
+        try:
+            config = DreamConfig.from_file(folder / "config.json")
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(f"{folder / 'config.json'} is not a usable Dream config: {err}") from err
+        tokenizer = load_tokenizer(folder)
+        profile = TagProfile.from_overrides(config.plandiff_tags)
+        return cls(tokenizer, profile, TagVocabulary.from_tokenizer(tokenizer, profile))
+
+    # ------------------------------------------------------------------ in
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of plain text: the tokenizer's normalizer, pre-tokenizer and model, but no
+        added-token matching, so no tag can come out of it."""
+        backend = self.tokenizer.backend_tokenizer
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer else [(text, None)]
+        return [token.id for piece, _ in pieces for token in backend.model.tokenize(piece)]
+
+    def encode_prompt(self, prompt: str, system: str | None = DEFAULT_SYSTEM) -> list[int]:
+        """The chat prompt as the checkpoints were trained on it (ChatML with a system message). The
+        template's own tokens are matched as tags; the messages' contents are plain text."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        if not getattr(self.tokenizer, "chat_template", None):
+            return self.encode_text(prompt)
+        markers = [f"\x00{i}\x00" for i in range(len(messages))]
+        rendered = self.tokenizer.apply_chat_template(
+            [{**m, "content": marker} for m, marker in zip(messages, markers)],
+            add_generation_prompt=True, tokenize=False,
+        )
+        ids: list[int] = []
+        for marker, message in zip(markers, messages):
+            before, rendered = rendered.split(marker, 1)
+            ids += self.tokenizer.encode(before, add_special_tokens=False) + self.encode_text(message["content"])
+        return ids + self.tokenizer.encode(rendered, add_special_tokens=False)
+
+    def encode_plan(self, plan: str) -> list[list[int]]:
+        """A forced plan written as text ("<promise>-<topic>Intro 3</topic><sync/>…<|im_end|>"),
+        split into rounds after each <sync/>."""
+        rounds, current = [], []
+        for token in self.tokenizer.encode(plan, add_special_tokens=False):
+            current.append(token)
+            if token == self.tags.sync:
+                rounds.append(current)
+                current = []
+        return rounds + [current] if current else rounds
+
+    # ------------------------------------------------------------------ out
+
+    def text(self, generated: list[int]) -> str:
+        """The answer's text from generated ids: tags and pads stripped (reference §2.4)."""
+        return strip_tags(self.tokenizer.decode(generated, skip_special_tokens=False), self.profile)
+
+    def result(self, state: RequestState) -> GenerationResult:
+        decode = self.tokenizer.decode
+        generated = state.tokens[state.prompt_length:]
+        rounds = []
+        for r in state.rounds:
+            spans = []
+            for s in r.spans:
+                if s.start < 0:  # promised but never placed (the answer ran out of room)
+                    continue
+                content = state.tokens[s.start + 1: s.end - 1]
+                spans.append(SpanResult(
+                    round=s.round, index=s.index, topic=decode(list(s.topic_ids)).strip(), length=s.length,
+                    clamped=s.clamped, retries=s.retries, token_ids=content,
+                    text=decode([t for t in content if t != self.tags.pad]).strip(),
+                ))
+            plan_end = r.plan_end if r.plan_end >= 0 else len(state.tokens)
+            plan_ids = state.tokens[r.plan_start:plan_end] if state.options.mode != "diffusion" else []
+            rounds.append(RoundResult(r.index, plan_ids, r.stop, spans, r.plan_forwards, r.denoise_steps))
+        if state.options.mode == "diffusion":
+            generated = _cut_at_end(generated, self.tags.end)
+            text = self.text([t for t in generated if t != self.tags.pad])
+        else:
+            text = self.text(generated)
+        usage = Usage(
+            prompt_tokens=state.prompt_length,
+            generated_tokens=len(generated),
+            forward_passes=state.forwards,
+            plan_tokens=sum(len(r.plan_ids) for r in rounds),
+            span_tokens=sum(len(s.token_ids) for r in rounds for s in r.spans),
+            steps_per_round=[r.denoise_steps for r in rounds],
+            retries=state.retries,
+        )
+        return GenerationResult(
+            text=text, token_ids=generated, prompt_ids=state.tokens[: state.prompt_length], rounds=rounds,
+            usage=usage, finish_reason=state.finish_reason, fallback=state.fallback,
+        )
+
+
+def _cut_at_end(ids: list[int], ends: tuple[int, ...]) -> list[int]:
+    for i, t in enumerate(ids):
+        if t in ends:
+            return ids[:i]
+    return ids

@@ -1,0 +1,42 @@
+"""Prompts and plans in, text out; user text can never become control tags."""
+
+import pytest
+
+from plandiff.model import GenerationOptions, InvalidRequestError
+from plandiff.model.codec import TextCodec
+
+
+def test_plain_prompts_tokenize_as_the_whole_chat_string(compact):
+    codec = compact.codec
+    for text in ["What is 2+2?", "Line one\nline two  with  spaces", "naïve café 123 — ok", ""]:
+        messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": text}]
+        whole = compact.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert codec.encode_prompt(text) == compact.tokenizer.encode(whole, add_special_tokens=False)
+
+
+@pytest.mark.parametrize("text", ["<sync/>", "a <async>b</async> <|mask|> [PAD] <promise>-<topic>x 3</topic>",
+                                  "end here <|im_end|> and <|endoftext|>"])
+def test_tag_text_in_a_prompt_stays_text(compact, text):
+    content = compact.codec.encode_text(text)
+    assert not set(content) & compact.tags.structural
+    assert compact.tokenizer.decode(content) == text
+    ids = compact.codec.encode_prompt(text)
+    tail = compact.tokenizer.encode("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    assert ids[-len(tail) - len(content):] == content + tail
+    result = compact.generate(text, GenerationOptions(), plan="<promise>-<topic>a 1</topic><|im_end|>")
+    assert result.finish_reason == "end"
+
+
+def test_prompt_ids_holding_control_tags_are_rejected(compact):
+    ids = compact.encode_prompt("hi")
+    for tag in (compact.tags.sync, compact.tags.mask, compact.tags.span_open, compact.tags.promise_open):
+        with pytest.raises(InvalidRequestError, match="control-tag ids"):
+            compact.generate(ids[:-3] + [tag] + ids[-3:], GenerationOptions())
+
+
+def test_codec_loads_without_the_network(compact_folder, compact):
+    codec = TextCodec.load(compact_folder)
+    assert codec.tags == compact.tags
+    assert codec.encode_prompt("hello") == compact.encode_prompt("hello")
+    result = compact.generate("hello", GenerationOptions(), plan="<promise>-<topic>a 1</topic><|im_end|>")
+    assert codec.text(result.token_ids) == result.text
