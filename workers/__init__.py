@@ -1,1 +1,6 @@
-"""plandiff.workers: worker actors that serve generation phases (see the orchestrator issue)."""
+"""plandiff.workers: the worker that serves generation phases over a loaded model, in-process or
+as a Ray actor (actor.py, imported only where Ray is used)."""
+
+from .worker import Worker
+
+__all__ = ["Worker"]

@@ -1,0 +1,95 @@
+"""What `Orchestrator.generate` yields, in order, for one request (pydantic: the public boundary)."""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel
+
+
+class PlanTokenEvent(BaseModel):
+    kind: Literal["plan_token"] = "plan_token"
+    request_id: str
+    round: int
+    token_id: int
+
+
+class SpanPromisedEvent(BaseModel):
+    """A promise closed in the streamed plan: a span job exists (before the round's plan ends)."""
+
+    kind: Literal["span_promised"] = "span_promised"
+    request_id: str
+    round: int
+    span: int
+    topic: str
+    length: int
+
+
+class SpanProgressEvent(BaseModel):
+    kind: Literal["span_progress"] = "span_progress"
+    request_id: str
+    round: int
+    step: int
+    filled: list[int]  # committed slots per span of the round
+    lengths: list[int]
+
+
+class SpanDoneEvent(BaseModel):
+    kind: Literal["span_done"] = "span_done"
+    request_id: str
+    round: int
+    span: int
+    text: str
+    token_ids: list[int]
+    overflow: bool
+
+
+class SpanRetriedEvent(BaseModel):
+    kind: Literal["span_retried"] = "span_retried"
+    request_id: str
+    round: int
+    span: int
+    previous: int
+    length: int
+
+
+class SyncEvent(BaseModel):
+    """A round's spans joined at <sync/>; planning resumes."""
+
+    kind: Literal["sync"] = "sync"
+    request_id: str
+    round: int
+
+
+class TextEvent(BaseModel):
+    """New answer text, in document order (concatenated, the deltas are the final text)."""
+
+    kind: Literal["text"] = "text"
+    request_id: str
+    text: str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    generated_tokens: int
+    critical_path: int  # sequential model forwards
+    steps_per_round: list[int]
+    retries: int  # overflowing spans retried with more slots
+    failovers: int  # times the request moved to another worker
+    plan_seconds: float
+    denoise_seconds: float
+    total_seconds: float
+
+
+class DoneEvent(BaseModel):
+    kind: Literal["done"] = "done"
+    request_id: str
+    text: str
+    finish_reason: Literal["end", "length"]
+    fallback: str | None
+    usage: Usage
+    result: dict  # plandiff.model.GenerationResult as a dict: plan, spans, token ids
+
+
+Event = Union[PlanTokenEvent, SpanPromisedEvent, SpanProgressEvent, SpanDoneEvent, SpanRetriedEvent, SyncEvent,
+              TextEvent, DoneEvent]

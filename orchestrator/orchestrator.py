@@ -1,0 +1,154 @@
+"""The control plane: per request, plan → span jobs → join → plan … → end, over an executor's workers.
+
+    async for event in orchestrator.generate(GenerateRequest(prompt="…")):
+        ...
+
+Every phase of a request goes to the worker that holds its KV cache. A worker that dies mid-request
+is replaced: the request is reopened on a live worker from its committed tokens (prefix
+re-prefilled) and goes on; events already sent are not sent again. Cancelling the consumer (or
+`cancel(request_id)`) stops the worker's phase and frees the request's state, in any state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import AsyncIterator
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from plandiff.model import GenerationOptions, GenerationResult, InvalidRequestError
+from plandiff.model.codec import DEFAULT_SYSTEM, TextCodec
+from plandiff.workers.logs import get_logger
+
+from .events import DoneEvent, Event, Usage
+from .executors import Executor, WorkerHandle, WorkerLost
+from .task_graph import TaskGraph
+
+MAX_FAILOVERS = 3
+
+
+class GenerateRequest(BaseModel):
+    """One request: user text (chat-wrapped) or prompt token ids, optional forced plan, options."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:16])
+    prompt: str | None = None
+    prompt_ids: list[int] | None = None
+    system: str | None = DEFAULT_SYSTEM
+    plan: str | None = None  # forced plan text
+    options: GenerationOptions = Field(default_factory=GenerationOptions)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> GenerateRequest:
+        if (self.prompt is None) == (self.prompt_ids is None):
+            raise ValueError("give exactly one of prompt (text) and prompt_ids")
+        return self
+
+
+class Orchestrator:
+    def __init__(self, executor: Executor, codec: TextCodec):
+        self.executor = executor
+        self.codec = codec
+        self.log = get_logger("plandiff.orchestrator")
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
+        rid = request.request_id
+        codec, options = self.codec, request.options
+        prompt_ids = codec.encode_prompt(request.prompt, request.system) if request.prompt is not None \
+            else list(request.prompt_ids)
+        plan = codec.encode_plan(request.plan) if request.plan else None
+        graph = TaskGraph(rid, codec, options)
+        log = self.log.bind(request_id=rid)
+        timings = {"plan": 0.0, "denoise": 0.0}
+        started = time.perf_counter()
+        failovers = 0
+        worker = self.executor.pick()
+        worker.load += 1
+        result: GenerationResult | None = None
+        self._tasks[rid] = asyncio.current_task()
+        try:
+            await worker.open(rid, prompt_ids, options, plan, None)
+            log.info("request_routed", worker=worker.name, prompt_tokens=len(prompt_ids))
+            while graph.next_phase != "done":
+                phase, phase_started = graph.next_phase, time.perf_counter()
+                try:
+                    async for item in worker.phase(rid, phase):
+                        if isinstance(item, GenerationResult):
+                            result = item
+                            continue
+                        for event in graph.apply(item):
+                            yield event
+                except WorkerLost as err:
+                    failovers += 1
+                    if failovers > MAX_FAILOVERS:
+                        raise
+                    log.warning("worker_lost", worker=worker.name, round=graph.round.index, error=str(err)[:200])
+                    worker.load -= 1
+                    worker = await self._reopen(rid, prompt_ids, options, plan, graph.committed, avoid=worker)
+                    worker.load += 1
+                    log.info("request_resumed", worker=worker.name, committed=len(graph.committed))
+                finally:
+                    timings[phase] += time.perf_counter() - phase_started
+            assert result is not None
+            for event in graph.final_text(result.text):
+                yield event
+            usage = Usage(
+                prompt_tokens=result.usage.prompt_tokens, generated_tokens=result.usage.generated_tokens,
+                critical_path=result.usage.forward_passes, steps_per_round=result.usage.steps_per_round,
+                retries=graph.retries, failovers=failovers, plan_seconds=timings["plan"],
+                denoise_seconds=timings["denoise"], total_seconds=time.perf_counter() - started,
+            )
+            log.info("request_done", finish=result.finish_reason, critical_path=usage.critical_path,
+                     retries=usage.retries, failovers=failovers, seconds=round(usage.total_seconds, 4))
+            yield DoneEvent(request_id=rid, text=result.text, finish_reason=result.finish_reason,
+                            fallback=result.fallback, usage=usage, result=result.to_dict())
+        finally:
+            self._tasks.pop(rid, None)
+            worker.load -= 1
+            if result is None:
+                log.info("request_cancelled" if graph.next_phase != "done" else "request_failed",
+                         round=graph.round.index)
+            await asyncio.shield(self._free(worker, rid, cancel=result is None))
+
+    async def complete(self, request: GenerateRequest) -> DoneEvent:
+        """Run a request to the end and return only its final event."""
+        done = None
+        async for event in self.generate(request):
+            if isinstance(event, DoneEvent):
+                done = event
+        if done is None:
+            raise InvalidRequestError(f"request {request.request_id} ended without a result")
+        return done
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a running request (the task consuming its events), wherever it is."""
+        task = self._tasks.get(request_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
+    async def _reopen(self, rid, prompt_ids, options, plan, committed, avoid: WorkerHandle) -> WorkerHandle:
+        """Open the request again on a live worker, replaying its committed tokens."""
+        last: Exception | None = None
+        for attempt in range(20):
+            worker = self.executor.pick(avoid=avoid if attempt < 10 else None)
+            try:
+                await worker.open(rid, prompt_ids, options, plan, committed)
+                return worker
+            except WorkerLost as err:  # that one is restarting too; try again shortly
+                last = err
+                await asyncio.sleep(0.1 * (attempt + 1))
+        raise WorkerLost(f"no live worker to resume request {rid}: {last}")
+
+    async def _free(self, worker: WorkerHandle, rid: str, cancel: bool) -> None:
+        try:
+            if cancel:
+                await worker.cancel(rid)
+            await worker.release(rid)
+        except WorkerLost:
+            pass  # its state died with it

@@ -1,0 +1,38 @@
+"""Structured logs (structlog): JSON lines when not on a terminal, readable lines on one.
+
+Context does not cross Ray actors by itself: callers pass request_id, round and span explicitly and
+bind them here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_configured = False
+
+
+def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
+    """Idempotent; call once per process (the CLI, each worker actor)."""
+    global _configured
+    if _configured:
+        return
+    json = not sys.stderr.isatty() if json is None else json
+    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    _configured = True
+
+
+def get_logger(name: str, **context):
+    return structlog.get_logger(name).bind(**context)

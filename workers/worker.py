@@ -1,0 +1,122 @@
+"""A worker: one loaded model serving generation *phases* for many requests.
+
+A phase is "plan until the round's plan ends" or "denoise the round's spans until they are joined";
+one call streams one phase's events, forward by forward. The worker keeps each request's state and
+KV cache between phases, so every phase of a request must come back to the worker that holds it.
+Until the batched engine exists, concurrent phases take turns, one forward each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from plandiff.model import GenerationOptions, GenerationResult, InvalidRequestError, ModelRuntime
+from plandiff.model.events import RequestEvent, RoundJoined, SpanRetried
+from plandiff.model.generation import Phase, RequestState
+from plandiff.model.network import KVCache
+
+from .logs import get_logger
+
+PhaseName = str  # "plan" or "denoise"
+PHASES = {"plan": Phase.PLAN, "denoise": Phase.DENOISE}
+
+
+@dataclass
+class Slot:
+    state: RequestState
+    cache: KVCache
+    cancelled: bool = False
+
+
+class Worker:
+    def __init__(self, model: str, dtype: str | None = None, device: str = "cpu", name: str = "worker"):
+        self.name = name
+        self.runtime = ModelRuntime.load(model, dtype=dtype, device=device)
+        self.slots: dict[str, Slot] = {}
+        self.forwards = 0
+        self.log = get_logger("plandiff.worker", worker=name, pid=os.getpid())
+        self.log.info("worker_ready", model=str(model), device=device)
+
+    def open(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        options: GenerationOptions,
+        plan: list[list[int]] | None = None,
+        resume: list[int] | None = None,
+    ) -> None:
+        """Create the request's state (and replay `resume`, its committed tokens, if given)."""
+        if request_id in self.slots:
+            raise InvalidRequestError(f"request {request_id} is already open on {self.name}")
+        state = self.runtime.new_state(prompt_ids, options, plan)
+        if resume:
+            state.resume(resume)
+        self.slots[request_id] = Slot(state, self.runtime.network.new_cache(len(state.tokens) + 64))
+        self.log.info("request_opened", request_id=request_id, resumed_tokens=len(resume or ()))
+
+    async def run_phase(self, request_id: str, phase: PhaseName) -> AsyncIterator[list[RequestEvent] | GenerationResult]:
+        """Run the request's current phase to its end, yielding its events after each forward, and
+        the result once the request is done."""
+        slot = self._slot(request_id)
+        state, expected = slot.state, PHASES[phase]
+        if state.phase is not expected:
+            raise InvalidRequestError(f"request {request_id} is in phase {state.phase.value}, not {phase}")
+        log = self.log.bind(request_id=request_id, round=state.round.index, phase=phase)
+        while state.phase is expected and not slot.cancelled:
+            forward = state.schedule()
+            if forward.fresh_cache:
+                slot.cache = self.runtime.network.new_cache(forward.key_length)
+            state.advance(forward, self.runtime.forward(state, forward, slot.cache))
+            self.forwards += 1
+            events = state.drain()
+            for event in events:
+                if isinstance(event, SpanRetried):
+                    log.info("span_retried", span=event.index, previous=event.previous, length=event.length)
+                elif isinstance(event, RoundJoined):
+                    log.info("round_joined", stop=event.stop)
+            yield events
+            await asyncio.sleep(0)  # let the other requests' phases take their forward
+        if slot.cancelled:
+            log.info("phase_cancelled")
+        elif state.phase is Phase.DONE:
+            yield self.runtime.result(state)
+
+    def plan(self, request_id: str):
+        return self.run_phase(request_id, "plan")
+
+    def denoise(self, request_id: str):
+        return self.run_phase(request_id, "denoise")
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop the request's running phase at its next forward boundary."""
+        slot = self.slots.get(request_id)
+        if slot is not None:
+            slot.cancelled = True
+        return slot is not None
+
+    def release(self, request_id: str) -> bool:
+        """Free the request's state and KV cache."""
+        slot = self.slots.pop(request_id, None)
+        if slot is not None:
+            self.log.info("request_released", request_id=request_id)
+        return slot is not None
+
+    def stats(self) -> dict:
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "requests": len(self.slots),
+            "kv_cache_bytes": sum(s.cache.nbytes() for s in self.slots.values()),
+            "forwards": self.forwards,
+        }
+
+    def health(self) -> bool:
+        return True
+
+    def _slot(self, request_id: str) -> Slot:
+        if request_id not in self.slots:
+            raise InvalidRequestError(f"request {request_id} is not open on {self.name}")
+        return self.slots[request_id]
