@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
-from plandiff.model import GenerationResult, ModelRuntime, PlandiffError
+from plandiff.model import PlandiffError
+from plandiff.model.codec import TextCodec
 from plandiff.model.random_checkpoint import build_random_checkpoint
+from plandiff.workers.logs import configure_logging
 
+from .events import DoneEvent
+from .executors import Executor, LocalExecutor, RayExecutor
+from .orchestrator import GenerateRequest, Orchestrator
 from .settings import GenerateSettings, load_settings
 
 # Until a trained demo model ships, a bare `plandiff generate` runs a tiny random model with this
@@ -31,15 +36,24 @@ def demo_model_folder() -> Path:
     return folder
 
 
+def add_model_arguments(p) -> None:
+    p.add_argument("--model", help="checkpoint folder (config.json, safetensors, tokenizer)")
+    p.add_argument("--config", help="YAML preset of settings (see configs/)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device")
+    p.add_argument("--executor", choices=["local", "ray"],
+                   help="local: the worker in this process (default: starting Ray costs seconds); ray: worker actors")
+    p.add_argument("--workers", type=int, help="worker actors (executor ray)")
+    p.add_argument("--address", help="an existing Ray cluster (executor ray); default: a local one")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
 def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="planned-diffusion generation for one prompt")
     p.add_argument("prompt", help="the user message (wrapped in the checkpoint's chat template)")
-    p.add_argument("--model", help="checkpoint folder (config.json, safetensors, tokenizer)")
-    p.add_argument("--config", help="YAML preset of settings (see configs/)")
+    add_model_arguments(p)
     p.add_argument("--plan", help="force the plan, e.g. '<promise>-<topic>intro 3</topic><|im_end|>'")
     p.add_argument("--json", action="store_true", help="print the structured result as JSON")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device")
     p.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"])
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--steps-ratio", type=float)
@@ -52,6 +66,7 @@ def add_generate(sub) -> None:
                    help="spans of a round attend to each other (default: the checkpoint's setting)")
     p.add_argument("--length-scale", type=float)
     p.add_argument("--kv-refresh", choices=["exact", "reference"])
+    p.add_argument("--on-overflow", choices=["accept", "retry"])
     p.add_argument("--seed", type=int)
 
 
@@ -64,7 +79,16 @@ def add_random_checkpoint(sub) -> None:
     p.add_argument("--max-shard-size", default="5GB", help="e.g. 10MB to write a sharded checkpoint")
 
 
-def run_generate(args) -> int:
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (see docs/performance.md)")
+    what = p.add_subparsers(dest="bench", required=True)
+    o = what.add_parser("overhead", help="orchestrator + executor vs driving the state machine directly")
+    add_model_arguments(o)
+    o.add_argument("--requests", type=int, default=8)
+    o.add_argument("--executors", default="local,ray", help="comma-separated: local, ray")
+
+
+def settings_from(args) -> tuple[GenerateSettings, str | None]:
     cli = {k: getattr(args, k) for k in GenerateSettings.model_fields if hasattr(args, k)}
     no_top_k = cli.get("top_k") == 0  # "off", which the settings spell None
     if no_top_k:
@@ -72,40 +96,56 @@ def run_generate(args) -> int:
     settings = load_settings(args.config, cli)
     if no_top_k:
         settings = settings.model_copy(update={"top_k": None})
-    plan = args.plan
-    folder = settings.model
-    if folder is None:
-        folder = demo_model_folder()
+    plan = getattr(args, "plan", None)
+    if settings.model is None:
         plan = plan or DEMO_PLAN
+        settings = settings.model_copy(update={"model": str(demo_model_folder())})
         print(f"note: no --model given and no trained demo model ships yet; using a tiny random model "
-              f"built locally at {folder} (its text is noise) with a demo plan forced.", file=sys.stderr)
-    runtime = ModelRuntime.load(folder, dtype=settings.dtype, device=settings.device)
-    start = time.perf_counter()
-    prompt_ids = runtime.encode_prompt(args.prompt, system=settings.system)
-    result = runtime.generate(prompt_ids, settings.options(), plan=plan)
-    seconds = time.perf_counter() - start
+              f"built locally at {settings.model} (its text is noise) with a demo plan forced.", file=sys.stderr)
+    return settings, plan
+
+
+def make_executor(settings: GenerateSettings, kind: str | None = None) -> Executor:
+    kind = kind or settings.executor
+    if kind == "ray":
+        return RayExecutor(settings.model, workers=settings.workers, dtype=settings.dtype, device=settings.device,
+                           address=settings.address)
+    return LocalExecutor(settings.model, dtype=settings.dtype, device=settings.device)
+
+
+def run_generate(args) -> int:
+    settings, plan = settings_from(args)
+    configure_logging(settings.log_level)
+    request = GenerateRequest(prompt=args.prompt, system=settings.system, plan=plan, options=settings.options())
+    executor = make_executor(settings)
+    try:
+        orchestrator = Orchestrator(executor, TextCodec.load(settings.model))
+        done = asyncio.run(orchestrator.complete(request))
+    finally:
+        executor.shutdown()
     if args.json:
-        print(json.dumps({**result.to_dict(), "seconds": round(seconds, 4)}, ensure_ascii=False))
+        print(json.dumps({**done.result, "serving": done.usage.model_dump()}, ensure_ascii=False))
     else:
-        print_result(result, seconds)
+        print_result(done)
     return 0
 
 
-def print_result(result: GenerationResult, seconds: float) -> None:
-    for r in result.rounds:
-        if not r.spans and not r.plan_ids:
+def print_result(done: DoneEvent) -> None:
+    for r in done.result["rounds"]:
+        if not r["spans"] and not r["plan_ids"]:
             continue
-        print(f"round {r.index} ({r.stop or 'cut'}): {r.plan_forwards} planning forwards, {r.denoise_steps} denoising steps")
-        for s in r.spans:
-            clamped = " (clamped)" if s.clamped else ""
-            print(f"  span {s.index}: {s.topic!r}, {s.length} slots{clamped}: {s.text!r}")
+        print(f"round {r['index']} ({r['stop'] or 'cut'}): {r['plan_forwards']} planning forwards, "
+              f"{r['denoise_steps']} denoising steps")
+        for s in r["spans"]:
+            notes = (" (clamped)" if s["clamped"] else "") + (f" (retried {s['retries']}×)" if s["retries"] else "")
+            print(f"  span {s['index']}: {s['topic']!r}, {s['length']} slots{notes}: {s['text']!r}")
     print()
-    print(result.text)
+    print(done.text)
     print()
-    u = result.usage
-    extra = f", fallback: {result.fallback}" if result.fallback else ""
-    print(f"{u.generated_tokens} tokens, {u.forward_passes} forward passes on the critical path, "
-          f"steps per round {u.steps_per_round}, finish: {result.finish_reason}{extra}, {seconds:.2f} s")
+    u = done.usage
+    extra = f", fallback: {done.fallback}" if done.fallback else ""
+    print(f"{u.generated_tokens} tokens, {u.critical_path} forward passes on the critical path, "
+          f"steps per round {u.steps_per_round}, finish: {done.finish_reason}{extra}, {u.total_seconds:.2f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,10 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_generate(sub)
     add_random_checkpoint(sub)
+    add_bench(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
             return run_generate(args)
+        if args.command == "bench":
+            from .bench import run_overhead
+
+            settings, _ = settings_from(args)
+            configure_logging(settings.log_level)
+            return run_overhead(settings, args.requests, args.executors.split(","), make_executor)
         folder = build_random_checkpoint(args.folder, args.layout, seed=args.seed, max_shard_size=args.max_shard_size)
         print(f"wrote a tiny random {args.layout} checkpoint to {folder}")
         return 0

@@ -26,20 +26,16 @@ class WorkerLost(Exception):
 
 class WorkerHandle(ABC):
     name: str
-    load = 0  # requests the orchestrator has routed here and not yet released
+    load = 0  # requests the orchestrator has routed here and not yet finished
 
     @abstractmethod
-    async def open(self, request_id: str, prompt_ids: list[int], options: GenerationOptions,
-                   plan: list[list[int]] | None, resume: list[int] | None) -> None: ...
-
-    @abstractmethod
-    def phase(self, request_id: str, phase: str) -> AsyncIterator[list[RequestEvent] | GenerationResult]: ...
+    def generate(self, request_id: str, prompt_ids: list[int], options: GenerationOptions,
+                 plan: list[list[int]] | None, resume: list[int] | None
+                 ) -> AsyncIterator[list[RequestEvent] | GenerationResult]:
+        """Stream the request's phases to the end; the worker frees the request when it stops."""
 
     @abstractmethod
     async def cancel(self, request_id: str) -> None: ...
-
-    @abstractmethod
-    async def release(self, request_id: str) -> None: ...
 
     @abstractmethod
     async def stats(self) -> dict: ...
@@ -50,17 +46,11 @@ class LocalWorkerHandle(WorkerHandle):
         self.worker = worker
         self.name = worker.name
 
-    async def open(self, request_id, prompt_ids, options, plan, resume):
-        self.worker.open(request_id, prompt_ids, options, plan, resume)
-
-    def phase(self, request_id, phase):
-        return self.worker.run_phase(request_id, phase)
+    def generate(self, request_id, prompt_ids, options, plan, resume):
+        return self.worker.generate(request_id, prompt_ids, options, plan, resume)
 
     async def cancel(self, request_id):
         self.worker.cancel(request_id)
-
-    async def release(self, request_id):
-        self.worker.release(request_id)
 
     async def stats(self):
         return self.worker.stats()
@@ -71,6 +61,15 @@ class RayWorkerHandle(WorkerHandle):
         self.actor = actor
         self.name = name
 
+    async def generate(self, request_id, prompt_ids, options, plan, resume):
+        from ray.exceptions import RayActorError
+
+        try:
+            async for ref in self.actor.generate.remote(request_id, prompt_ids, options, plan, resume):
+                yield await ref
+        except RayActorError as err:
+            raise WorkerLost(f"{self.name}: {err}") from err
+
     async def _call(self, method: str, *args):
         from ray.exceptions import RayActorError
 
@@ -79,23 +78,8 @@ class RayWorkerHandle(WorkerHandle):
         except RayActorError as err:
             raise WorkerLost(f"{self.name}: {err}") from err
 
-    async def open(self, request_id, prompt_ids, options, plan, resume):
-        await self._call("open", request_id, prompt_ids, options, plan, resume)
-
-    async def phase(self, request_id, phase):
-        from ray.exceptions import RayActorError
-
-        try:
-            async for ref in self.actor.run_phase.remote(request_id, phase):
-                yield await ref
-        except RayActorError as err:
-            raise WorkerLost(f"{self.name}: {err}") from err
-
     async def cancel(self, request_id):
         await self._call("cancel", request_id)
-
-    async def release(self, request_id):
-        await self._call("release", request_id)
 
     async def stats(self):
         return await self._call("stats")

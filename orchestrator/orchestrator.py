@@ -3,10 +3,13 @@
     async for event in orchestrator.generate(GenerateRequest(prompt="…")):
         ...
 
-Every phase of a request goes to the worker that holds its KV cache. A worker that dies mid-request
-is replaced: the request is reopened on a live worker from its committed tokens (prefix
-re-prefilled) and goes on; events already sent are not sent again. Cancelling the consumer (or
-`cancel(request_id)`) stops the worker's phase and frees the request's state, in any state.
+A request runs on one worker, which holds its KV cache, in one streaming call (a Ray call costs
+about a millisecond; the orchestrator has nothing to decide between phases: overflow retries and
+malformed-plan recovery happen in the request's state machine). The task graph is built from the
+streamed events. A worker that dies mid-request is replaced: the request is reopened on a live
+worker from its committed tokens (prefix re-prefilled) and goes on; events already sent are not
+sent again. Cancelling the consumer (or `cancel(request_id)`) stops the worker at its next forward
+and frees the request's state, whatever the request is doing.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Orchestrator:
         self.codec = codec
         self.log = get_logger("plandiff.orchestrator")
         self._tasks: dict[str, asyncio.Task] = {}
+        self._freeing: set[asyncio.Task] = set()
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
         rid = request.request_id
@@ -66,17 +70,22 @@ class Orchestrator:
         timings = {"plan": 0.0, "denoise": 0.0}
         started = time.perf_counter()
         failovers = 0
-        worker = self.executor.pick()
-        worker.load += 1
+        worker: WorkerHandle | None = None
+        resume: list[int] | None = None
         result: GenerationResult | None = None
         self._tasks[rid] = asyncio.current_task()
         try:
-            await worker.open(rid, prompt_ids, options, plan, None)
-            log.info("request_routed", worker=worker.name, prompt_tokens=len(prompt_ids))
-            while graph.next_phase != "done":
-                phase, phase_started = graph.next_phase, time.perf_counter()
+            while result is None:
+                worker = self.executor.pick(avoid=worker)
+                worker.load += 1
+                log.info("request_routed", worker=worker.name, prompt_tokens=len(prompt_ids),
+                         resumed_tokens=len(resume or ()))
+                mark = time.perf_counter()
                 try:
-                    async for item in worker.phase(rid, phase):
+                    async for item in worker.generate(rid, prompt_ids, options, plan, resume):
+                        now = time.perf_counter()
+                        timings[graph.next_phase if graph.next_phase in timings else "denoise"] += now - mark
+                        mark = now
                         if isinstance(item, GenerationResult):
                             result = item
                             continue
@@ -84,16 +93,13 @@ class Orchestrator:
                             yield event
                 except WorkerLost as err:
                     failovers += 1
+                    log.warning("worker_lost", worker=worker.name, round=graph.round.index, error=str(err)[:200])
                     if failovers > MAX_FAILOVERS:
                         raise
-                    log.warning("worker_lost", worker=worker.name, round=graph.round.index, error=str(err)[:200])
-                    worker.load -= 1
-                    worker = await self._reopen(rid, prompt_ids, options, plan, graph.committed, avoid=worker)
-                    worker.load += 1
-                    log.info("request_resumed", worker=worker.name, committed=len(graph.committed))
+                    resume = graph.committed  # a live worker replays what was committed and goes on
+                    await asyncio.sleep(0.05 * failovers)
                 finally:
-                    timings[phase] += time.perf_counter() - phase_started
-            assert result is not None
+                    worker.load -= 1
             for event in graph.final_text(result.text):
                 yield event
             usage = Usage(
@@ -108,11 +114,12 @@ class Orchestrator:
                             fallback=result.fallback, usage=usage, result=result.to_dict())
         finally:
             self._tasks.pop(rid, None)
-            worker.load -= 1
-            if result is None:
-                log.info("request_cancelled" if graph.next_phase != "done" else "request_failed",
-                         round=graph.round.index)
-            await asyncio.shield(self._free(worker, rid, cancel=result is None))
+            if result is None and worker is not None:
+                log.info("request_cancelled", round=graph.round.index)
+                # The worker stops the request at its next forward and frees it; off the critical path.
+                task = asyncio.ensure_future(self._cancel(worker, rid))
+                self._freeing.add(task)
+                task.add_done_callback(self._freeing.discard)
 
     async def complete(self, request: GenerateRequest) -> DoneEvent:
         """Run a request to the end and return only its final event."""
@@ -132,23 +139,8 @@ class Orchestrator:
         task.cancel()
         return True
 
-    async def _reopen(self, rid, prompt_ids, options, plan, committed, avoid: WorkerHandle) -> WorkerHandle:
-        """Open the request again on a live worker, replaying its committed tokens."""
-        last: Exception | None = None
-        for attempt in range(20):
-            worker = self.executor.pick(avoid=avoid if attempt < 10 else None)
-            try:
-                await worker.open(rid, prompt_ids, options, plan, committed)
-                return worker
-            except WorkerLost as err:  # that one is restarting too; try again shortly
-                last = err
-                await asyncio.sleep(0.1 * (attempt + 1))
-        raise WorkerLost(f"no live worker to resume request {rid}: {last}")
-
-    async def _free(self, worker: WorkerHandle, rid: str, cancel: bool) -> None:
+    async def _cancel(self, worker: WorkerHandle, rid: str) -> None:
         try:
-            if cancel:
-                await worker.cancel(rid)
-            await worker.release(rid)
+            await worker.cancel(rid)
         except WorkerLost:
             pass  # its state died with it

@@ -21,6 +21,10 @@ class GenerateSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PLANDIFF_", extra="forbid")
 
     model: str | None = Field(None, description="checkpoint folder; none = a tiny random model built locally")
+    executor: Literal["local", "ray"] = "local"
+    workers: int = Field(1, ge=1)
+    address: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     device: str = "cpu"
     system: str | None = "You are a helpful assistant."
@@ -37,6 +41,12 @@ class GenerateSettings(BaseSettings):
     max_span_length: int = Field(256, ge=1)
     kv_refresh: Literal["exact", "reference"] = "exact"
     on_malformed_plan: Literal["autoregressive", "raise"] = "autoregressive"
+    on_overflow: Literal["accept", "retry"] = "accept"
+    max_overflow_retries: int = Field(1, ge=0)
+    constrain_plan: bool = True
+    max_plan_tokens: int = Field(256, ge=1)
+    max_spans: int = Field(16, ge=1)
+    max_rounds: int = Field(8, ge=1)
     seed: int | None = None
 
     def options(self) -> GenerationOptions:
@@ -45,7 +55,10 @@ class GenerateSettings(BaseSettings):
             threshold=self.threshold,
             sampling=Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k),
             dense=self.dense, length_scale=self.length_scale, max_span_length=self.max_span_length,
-            kv_refresh=self.kv_refresh, on_malformed_plan=self.on_malformed_plan, seed=self.seed,
+            kv_refresh=self.kv_refresh, on_malformed_plan=self.on_malformed_plan, on_overflow=self.on_overflow,
+            max_overflow_retries=self.max_overflow_retries, constrain_plan=self.constrain_plan,
+            max_plan_tokens=self.max_plan_tokens, max_spans=self.max_spans, max_rounds=self.max_rounds,
+            seed=self.seed,
         )
 
 

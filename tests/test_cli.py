@@ -81,7 +81,7 @@ def test_generate_json_free_planning(compact_folder):
     assert data["usage"]["forward_passes"] > 0
     assert data["usage"]["generated_tokens"] == len(data["token_ids"])
     assert data["finish_reason"] in {"end", "length"}
-    assert data["seconds"] >= 0
+    assert data["serving"]["total_seconds"] >= 0 and data["serving"]["failovers"] == 0
     check_forward_accounting(data)
 
 

@@ -10,9 +10,10 @@ from .worker import Worker
 
 
 class WorkerActor(Worker):
-    def __init__(self, model: str, dtype: str | None = None, device: str = "cpu", name: str = "worker"):
+    def __init__(self, model: str, dtype: str | None = None, device: str = "cpu", name: str = "worker",
+                 flush_interval: float = 0.02):
         configure_logging()
-        super().__init__(model, dtype=dtype, device=device, name=name)
+        super().__init__(model, dtype=dtype, device=device, name=name, flush_interval=flush_interval)
 
     @ray.method(concurrency_group="control")
     def cancel(self, request_id: str) -> bool:

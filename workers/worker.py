@@ -1,16 +1,21 @@
 """A worker: one loaded model serving generation *phases* for many requests.
 
 A phase is "plan until the round's plan ends" or "denoise the round's spans until they are joined";
-one call streams one phase's events, forward by forward. The worker keeps each request's state and
-KV cache between phases, so every phase of a request must come back to the worker that holds it.
-Until the batched engine exists, concurrent phases take turns, one forward each.
+`plan` / `denoise` stream one phase's events. The worker keeps each request's state and KV cache
+between phases (`open` … `release`), so every phase of a request must come back to the worker that
+holds it. `generate` runs all of a request's phases in one streaming call, for callers with nothing
+to decide between phases. Until the batched engine exists, concurrent phases take turns, one
+forward each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import dataclass
+
+import torch
 from typing import AsyncIterator
 
 from plandiff.model import GenerationOptions, GenerationResult, InvalidRequestError, ModelRuntime
@@ -32,11 +37,16 @@ class Slot:
 
 
 class Worker:
-    def __init__(self, model: str, dtype: str | None = None, device: str = "cpu", name: str = "worker"):
+    def __init__(self, model: str, dtype: str | None = None, device: str = "cpu", name: str = "worker",
+                 flush_interval: float = 0.0):
+        """`flush_interval`: seconds to gather a phase's events before yielding them (0 = after every
+        forward); across Ray each yielded item costs a message, so remote workers batch."""
         self.name = name
+        self.flush_interval = flush_interval
         self.runtime = ModelRuntime.load(model, dtype=dtype, device=device)
         self.slots: dict[str, Slot] = {}
         self.forwards = 0
+        self.running = 0  # phases in progress
         self.log = get_logger("plandiff.worker", worker=name, pid=os.getpid())
         self.log.info("worker_ready", model=str(model), device=device)
 
@@ -65,6 +75,17 @@ class Worker:
         if state.phase is not expected:
             raise InvalidRequestError(f"request {request_id} is in phase {state.phase.value}, not {phase}")
         log = self.log.bind(request_id=request_id, round=state.round.index, phase=phase)
+        self.running += 1
+        try:
+            async for item in self._phase_loop(slot, expected, log):
+                yield item
+        finally:
+            self.running -= 1
+
+    async def _phase_loop(self, slot: Slot, expected: Phase, log):
+        state = slot.state
+        pending: list[RequestEvent] = []
+        flushed = time.monotonic()
         while state.phase is expected and not slot.cancelled:
             forward = state.schedule()
             if forward.fresh_cache:
@@ -77,12 +98,38 @@ class Worker:
                     log.info("span_retried", span=event.index, previous=event.previous, length=event.length)
                 elif isinstance(event, RoundJoined):
                     log.info("round_joined", stop=event.stop)
-            yield events
-            await asyncio.sleep(0)  # let the other requests' phases take their forward
+            pending += events
+            if state.phase is expected and time.monotonic() - flushed >= self.flush_interval:
+                yield pending
+                pending, flushed = [], time.monotonic()
+            if self.running > 1:
+                await asyncio.sleep(0)  # let the other requests' phases take their forward
         if slot.cancelled:
             log.info("phase_cancelled")
-        elif state.phase is Phase.DONE:
+            return
+        if pending:
+            yield pending
+        if state.phase is Phase.DONE:
             yield self.runtime.result(state)
+
+    async def generate(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        options: GenerationOptions,
+        plan: list[list[int]] | None = None,
+        resume: list[int] | None = None,
+    ) -> AsyncIterator[list[RequestEvent] | GenerationResult]:
+        """Open a request, run its phases to the end (streaming each phase's events, then the
+        result) and free it: one call per request, the cheapest across Ray."""
+        self.open(request_id, prompt_ids, options, plan, resume)
+        try:
+            slot = self.slots[request_id]
+            while slot.state.phase is not Phase.DONE and not slot.cancelled:
+                async for item in self.run_phase(request_id, slot.state.phase.value):
+                    yield item
+        finally:
+            self.release(request_id)
 
     def plan(self, request_id: str):
         return self.run_phase(request_id, "plan")
@@ -111,6 +158,7 @@ class Worker:
             "requests": len(self.slots),
             "kv_cache_bytes": sum(s.cache.nbytes() for s in self.slots.values()),
             "forwards": self.forwards,
+            "threads": torch.get_num_threads(),
         }
 
     def health(self) -> bool:
