@@ -127,6 +127,8 @@ class RequestState:
         if self.forced is not None:
             validate_plan(self.forced, tags, options)
         self.logits_processor = logits_processor
+        # Tokens a span slot may not take: the mask always; with constraints, every tag but [PAD].
+        self._slot_banned = [tags.mask] + (sorted(tags.structural - {tags.mask, tags.pad}) if options.constrained else [])
         self.generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
         self._computed = 0  # positions [0, _computed) of the causal prefix have current keys
         self._fresh_cache = False  # the next forward starts from an empty cache
@@ -208,7 +210,7 @@ class RequestState:
             logits = self.logits_processor(round_tokens, logits)
         if self._text_only():  # tags are banned last, whatever a processor did
             banned = list(self.tags.structural - set(self.tags.end))
-        elif self.options.constrain_plan:
+        elif self.options.constrained:
             banned = banned_plan_tokens(self.parser, self.round.index, self.options)
         else:
             banned = []
@@ -312,7 +314,7 @@ class RequestState:
         if self.options.mode == "diffusion":
             return self._diffusion_only_step(logit_positions, logits)
         logits = logits.clone()
-        logits[:, self.tags.mask] = torch.finfo(logits.dtype).min  # a slot never commits the mask itself
+        logits[:, self._slot_banned] = torch.finfo(logits.dtype).min  # a slot never commits the mask itself
         x0, scores = propose(logits, self.options.sampling, self.options.order, self.generator)
         slot_row = {p + 1: i for i, p in enumerate(logit_positions)}
         step, threshold = self._step, self._threshold

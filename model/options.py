@@ -33,8 +33,10 @@ class GenerationOptions:
     kv_cache:        False recomputes the whole sequence every forward (slow; for verification).
     on_malformed_plan: "autoregressive" keeps the bad plan as text and finishes the answer
                      left to right with tags banned; "raise" raises MalformedPlanError.
-    constrain_plan:  mask the planner's logits so that it can only write a plan that parses
-                     (plan_constraint.py); off, a malformed plan goes to `on_malformed_plan`.
+    constrained:     mask logits so that the planner can only write a plan that parses
+                     (plan_constraint.py) and a span slot never holds a tag ([PAD] aside); off, a
+                     malformed plan goes to `on_malformed_plan` and spans may hold tags, as in the
+                     reference.
     max_plan_tokens: planner tokens per round; a longer round ends the answer (finish "length").
     max_spans:       spans per round (constrained planning stops promising more).
     max_rounds:      planning rounds per request (constrained planning bans <sync/> in the last).
@@ -57,7 +59,7 @@ class GenerationOptions:
     kv_refresh: KVRefresh = "exact"
     kv_cache: bool = True
     on_malformed_plan: Literal["autoregressive", "raise"] = "autoregressive"
-    constrain_plan: bool = True
+    constrained: bool = True
     max_plan_tokens: int = 256
     max_spans: int = 16
     max_rounds: int = 8

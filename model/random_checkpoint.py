@@ -117,13 +117,18 @@ def build_random_checkpoint(
     seed: int = 0,
     lm_scale: float = 8.0,
     max_shard_size: int | str = "5GB",
+    writes_tags: bool = False,
     **config_overrides,
 ) -> Path:
-    """Write a tiny random checkpoint folder (config, safetensors, tokenizer) and return its path."""
+    """Write a tiny random checkpoint folder (config, safetensors, tokenizer) and return its path.
+
+    By default its head never prefers a tag (so its planner writes plain text); `writes_tags=True`
+    keeps random head rows for the tags too, a planner that writes them, well-formed or not.
+    """
     config = tiny_config(layout, **config_overrides)
     tokenizer = build_tokenizer(layout)
     network = DreamNetwork(config)
-    zero_from = DREAM_IDS["<|endoftext|>"] if layout == "dream" else 256
+    zero_from = None if writes_tags else DREAM_IDS["<|endoftext|>"] if layout == "dream" else 256
     network.load_state_dict(random_weights(config, seed, lm_scale, zero_from))
     save_checkpoint(folder, config, network, tokenizer, max_shard_size=max_shard_size)
     return Path(folder)

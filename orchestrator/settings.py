@@ -43,7 +43,7 @@ class GenerateSettings(BaseSettings):
     on_malformed_plan: Literal["autoregressive", "raise"] = "autoregressive"
     on_overflow: Literal["accept", "retry"] = "accept"
     max_overflow_retries: int = Field(1, ge=0)
-    constrain_plan: bool = True
+    constrained: bool = True
     max_plan_tokens: int = Field(256, ge=1)
     max_spans: int = Field(16, ge=1)
     max_rounds: int = Field(8, ge=1)
@@ -56,7 +56,7 @@ class GenerateSettings(BaseSettings):
             sampling=Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k),
             dense=self.dense, length_scale=self.length_scale, max_span_length=self.max_span_length,
             kv_refresh=self.kv_refresh, on_malformed_plan=self.on_malformed_plan, on_overflow=self.on_overflow,
-            max_overflow_retries=self.max_overflow_retries, constrain_plan=self.constrain_plan,
+            max_overflow_retries=self.max_overflow_retries, constrained=self.constrained,
             max_plan_tokens=self.max_plan_tokens, max_spans=self.max_spans, max_rounds=self.max_rounds,
             seed=self.seed,
         )

@@ -126,10 +126,17 @@ class TaskGraph:
     def _job(self, index: int) -> SpanJob | None:
         return next((s for s in self.round.spans if s.index == index), None)
 
+    @property
+    def _spans_final_when_filled(self) -> bool:
+        """A filled span can still change if it may be retried, or (sampled) re-denoised elsewhere."""
+        return self.options.on_overflow == "accept" and self.options.sampling.temperature == 0
+
     def _release_text(self) -> list[Event]:
-        """Text is final up to the first span of the current round that is not filled yet."""
+        """Text is final up to the first span of the current round that is not final yet."""
         if self.round.joined:
             ids = self.joined
+        elif not self._spans_final_when_filled:
+            return []
         else:
             ids = self.joined + self.round.plan[:-1]  # the stop token is not part of the text
             tags = self.codec.tags

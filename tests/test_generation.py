@@ -149,7 +149,7 @@ def test_empty_join_round(compact):
 
 def test_malformed_plan_falls_back_to_autoregressive(compact):
     processor = script(compact, ["<promise>-<topic>no length</topic>"])
-    result = compact.generate("x", GenerationOptions(max_new_tokens=30, constrain_plan=False),
+    result = compact.generate("x", GenerationOptions(max_new_tokens=30, constrained=False),
                               logits_processor=processor)
     assert result.fallback == "a promise has no length before </topic>"
     assert result.spans == [] and len(result.token_ids) == 30 and result.finish_reason == "length"
@@ -161,7 +161,7 @@ def test_malformed_plan_falls_back_to_autoregressive(compact):
 def test_malformed_plan_can_raise_with_everything_generated(compact):
     processor = script(compact, ["<promise>-<topic>oops<sync/>"])
     with pytest.raises(MalformedPlanError) as info:
-        compact.generate("x", GenerationOptions(on_malformed_plan="raise", constrain_plan=False),
+        compact.generate("x", GenerationOptions(on_malformed_plan="raise", constrained=False),
                          logits_processor=processor)
     assert "unclosed promise" in info.value.reason
     assert info.value.token_ids[-1] == compact.tags.sync and info.value.token_ids[0] == compact.tags.promise_open
@@ -169,7 +169,7 @@ def test_malformed_plan_can_raise_with_everything_generated(compact):
 
 def test_model_span_over_the_maximum_is_clamped(compact):
     processor = script(compact, ["<promise>-<topic>huge 99</topic><|im_end|>"])
-    result = compact.generate("x", GenerationOptions(max_span_length=40, constrain_plan=False),
+    result = compact.generate("x", GenerationOptions(max_span_length=40, constrained=False),
                               logits_processor=processor)
     (span,) = result.spans
     assert span.clamped and span.length == 40 and len(span.token_ids) == 40

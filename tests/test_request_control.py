@@ -44,7 +44,7 @@ def test_constrained_planning_only_writes_plans_that_parse(compact):
         parser.reset()
         for token in state.tokens[r.plan_start: r.plan_end if r.plan_end >= 0 else len(state.tokens)]:
             assert not isinstance(parser.feed(token), Malformed)
-    unconstrained, _ = run_with_events(compact, "x", GenerationOptions(max_new_tokens=200, constrain_plan=False,
+    unconstrained, _ = run_with_events(compact, "x", GenerationOptions(max_new_tokens=200, constrained=False,
                                                                      sampling=NO_TOP_K),
                                        processor=hostile)
     assert unconstrained.fallback is not None  # the same push breaks the plan without the constraint
@@ -162,7 +162,7 @@ def test_constraint_keeps_reference_parity_on_well_formed_plans(dream):
 
     case = next(c for c in CASES if len(c["plan_rounds"]) > 1)
     assert case["prompt_ids"] + run(dream, case).token_ids == case["expected_ids"]
-    assert case["prompt_ids"] + run(dream, case, constrain_plan=False).token_ids == case["expected_ids"]
+    assert case["prompt_ids"] + run(dream, case, constrained=False).token_ids == case["expected_ids"]
 
 
 def test_new_bounds_are_validated():

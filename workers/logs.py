@@ -14,6 +14,16 @@ import structlog
 _configured = False
 
 
+class _StderrLogger:
+    """Writes each line to whatever sys.stderr is at that moment (it may be replaced, e.g. by test
+    capture), not to the stream that was current when logging was configured."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    debug = info = warning = error = critical = exception = log = msg
+
+
 def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     """Idempotent; call once per process (the CLI, each worker actor)."""
     global _configured
@@ -28,7 +38,7 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=lambda *args: _StderrLogger(),
         cache_logger_on_first_use=True,
     )
     _configured = True

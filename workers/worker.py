@@ -46,7 +46,6 @@ class Worker:
         self.runtime = ModelRuntime.load(model, dtype=dtype, device=device)
         self.slots: dict[str, Slot] = {}
         self.forwards = 0
-        self.running = 0  # phases in progress
         self.log = get_logger("plandiff.worker", worker=name, pid=os.getpid())
         self.log.info("worker_ready", model=str(model), device=device)
 
@@ -75,12 +74,8 @@ class Worker:
         if state.phase is not expected:
             raise InvalidRequestError(f"request {request_id} is in phase {state.phase.value}, not {phase}")
         log = self.log.bind(request_id=request_id, round=state.round.index, phase=phase)
-        self.running += 1
-        try:
-            async for item in self._phase_loop(slot, expected, log):
-                yield item
-        finally:
-            self.running -= 1
+        async for item in self._phase_loop(slot, expected, log):
+            yield item
 
     async def _phase_loop(self, slot: Slot, expected: Phase, log):
         state = slot.state
@@ -102,8 +97,7 @@ class Worker:
             if state.phase is expected and time.monotonic() - flushed >= self.flush_interval:
                 yield pending
                 pending, flushed = [], time.monotonic()
-            if self.running > 1:
-                await asyncio.sleep(0)  # let the other requests' phases take their forward
+            await asyncio.sleep(0)  # let other requests' phases (and, in-process, the caller) run
         if slot.cancelled:
             log.info("phase_cancelled")
             return
