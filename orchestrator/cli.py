@@ -77,6 +77,11 @@ def add_random_checkpoint(sub) -> None:
                    help="dream: the released checkpoints' token ids and 152064-row vocabulary")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-shard-size", default="5GB", help="e.g. 10MB to write a sharded checkpoint")
+    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--intermediate-size", type=int, help="default: 2 × hidden size")
 
 
 def add_bench(sub) -> None:
@@ -164,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
             settings, _ = settings_from(args)
             configure_logging(settings.log_level)
             return run_overhead(settings, args.requests, args.executors.split(","), make_executor)
-        folder = build_random_checkpoint(args.folder, args.layout, seed=args.seed, max_shard_size=args.max_shard_size)
+        folder = build_random_checkpoint(
+            args.folder, args.layout, seed=args.seed, max_shard_size=args.max_shard_size,
+            hidden_size=args.hidden_size, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+            num_key_value_heads=args.kv_heads, intermediate_size=args.intermediate_size or 2 * args.hidden_size,
+        )
         print(f"wrote a tiny random {args.layout} checkpoint to {folder}")
         return 0
     except PlandiffError as err:

@@ -11,7 +11,7 @@ from .worker import Worker
 
 class WorkerActor(Worker):
     def __init__(self, model: str, dtype: str | None = None, device: str = "cpu", name: str = "worker",
-                 flush_interval: float = 0.02):
+                 flush_interval: float = 0.05):
         configure_logging()
         super().__init__(model, dtype=dtype, device=device, name=name, flush_interval=flush_interval)
 

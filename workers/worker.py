@@ -14,9 +14,9 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass
+from typing import AsyncIterator
 
 import torch
-from typing import AsyncIterator
 
 from plandiff.model import GenerationOptions, GenerationResult, InvalidRequestError, ModelRuntime
 from plandiff.model.events import RequestEvent, RoundJoined, SpanRetried
@@ -67,44 +67,13 @@ class Worker:
         self.log.info("request_opened", request_id=request_id, resumed_tokens=len(resume or ()))
 
     async def run_phase(self, request_id: str, phase: PhaseName) -> AsyncIterator[list[RequestEvent] | GenerationResult]:
-        """Run the request's current phase to its end, yielding its events after each forward, and
-        the result once the request is done."""
+        """Run the request's current phase to its end, yielding its events (batched by
+        `flush_interval`), and the result if the request is then done."""
         slot = self._slot(request_id)
-        state, expected = slot.state, PHASES[phase]
-        if state.phase is not expected:
-            raise InvalidRequestError(f"request {request_id} is in phase {state.phase.value}, not {phase}")
-        log = self.log.bind(request_id=request_id, round=state.round.index, phase=phase)
-        async for item in self._phase_loop(slot, expected, log):
+        if slot.state.phase is not PHASES[phase]:
+            raise InvalidRequestError(f"request {request_id} is in phase {slot.state.phase.value}, not {phase}")
+        async for item in self._run(request_id, slot, {PHASES[phase]}):
             yield item
-
-    async def _phase_loop(self, slot: Slot, expected: Phase, log):
-        state = slot.state
-        pending: list[RequestEvent] = []
-        flushed = time.monotonic()
-        while state.phase is expected and not slot.cancelled:
-            forward = state.schedule()
-            if forward.fresh_cache:
-                slot.cache = self.runtime.network.new_cache(forward.key_length)
-            state.advance(forward, self.runtime.forward(state, forward, slot.cache))
-            self.forwards += 1
-            events = state.drain()
-            for event in events:
-                if isinstance(event, SpanRetried):
-                    log.info("span_retried", span=event.index, previous=event.previous, length=event.length)
-                elif isinstance(event, RoundJoined):
-                    log.info("round_joined", stop=event.stop)
-            pending += events
-            if state.phase is expected and time.monotonic() - flushed >= self.flush_interval:
-                yield pending
-                pending, flushed = [], time.monotonic()
-            await asyncio.sleep(0)  # let other requests' phases (and, in-process, the caller) run
-        if slot.cancelled:
-            log.info("phase_cancelled")
-            return
-        if pending:
-            yield pending
-        if state.phase is Phase.DONE:
-            yield self.runtime.result(state)
 
     async def generate(
         self,
@@ -114,16 +83,46 @@ class Worker:
         plan: list[list[int]] | None = None,
         resume: list[int] | None = None,
     ) -> AsyncIterator[list[RequestEvent] | GenerationResult]:
-        """Open a request, run its phases to the end (streaming each phase's events, then the
-        result) and free it: one call per request, the cheapest across Ray."""
+        """Open a request, run all its phases to the end (streaming their events, then the result)
+        and free it: one call per request, the cheapest across Ray."""
         self.open(request_id, prompt_ids, options, plan, resume)
         try:
-            slot = self.slots[request_id]
-            while slot.state.phase is not Phase.DONE and not slot.cancelled:
-                async for item in self.run_phase(request_id, slot.state.phase.value):
-                    yield item
+            async for item in self._run(request_id, self.slots[request_id], {Phase.PLAN, Phase.DENOISE}):
+                yield item
         finally:
             self.release(request_id)
+
+    async def _run(self, request_id: str, slot: Slot, phases: set[Phase]):
+        """Forward by forward while the request is in one of `phases`."""
+        state = slot.state
+        log = self.log.bind(request_id=request_id)
+        pending: list[RequestEvent] = []
+        flushed = time.monotonic()
+        while state.phase in phases and not slot.cancelled:
+            forward = state.schedule()
+            if forward.fresh_cache:
+                slot.cache = self.runtime.network.new_cache(forward.key_length)
+            state.advance(forward, self.runtime.forward(state, forward, slot.cache))
+            self.forwards += 1
+            events = state.drain()
+            for event in events:
+                if isinstance(event, SpanRetried):
+                    log.info("span_retried", round=event.round, span=event.index, previous=event.previous,
+                             length=event.length)
+                elif isinstance(event, RoundJoined):
+                    log.info("round_joined", round=event.round, stop=event.stop)
+            pending += events
+            if state.phase in phases and time.monotonic() - flushed >= self.flush_interval:
+                yield pending
+                pending, flushed = [], time.monotonic()
+            await asyncio.sleep(0)  # let other requests' phases (and, in-process, the caller) run
+        if slot.cancelled:
+            log.info("request_cancelled", round=state.round.index)
+            return
+        if pending:
+            yield pending
+        if state.phase is Phase.DONE:
+            yield self.runtime.result(state)
 
     def plan(self, request_id: str):
         return self.run_phase(request_id, "plan")
