@@ -133,7 +133,7 @@ class ThresholdSchedule:
         accepted = scores >= self.threshold
         accepted[0] = True
         self.carry[span] = 0
-        for rejected in range(int((~accepted).sum())):
+        for _ in range(int((~accepted).sum())):
             self.carry[span] += 1
             if not step < self.steps - 1:
                 self.steps += 1

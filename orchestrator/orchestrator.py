@@ -29,7 +29,7 @@ from .events import DoneEvent, Event, Usage
 from .executors import Executor, WorkerHandle, WorkerLost
 from .task_graph import TaskGraph
 
-MAX_FAILOVERS = 3
+MAX_FAILOVERS = 5  # with backoff 0.2, 0.4, … 3.2 s: room for a restarting actor to load its model
 
 
 class GenerateRequest(BaseModel):
@@ -59,7 +59,9 @@ class Orchestrator:
         self._tasks: dict[str, asyncio.Task] = {}
         self._freeing: set[asyncio.Task] = set()
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
+    async def generate(self, request: GenerateRequest, stream: bool = True) -> AsyncIterator[Event]:
+        """The request's events. `stream=False` lets the worker send them in a few batches (at each
+        round's join and at the end) instead of every few milliseconds: fewer messages, same events."""
         rid = request.request_id
         codec, options = self.codec, request.options
         prompt_ids = codec.encode_prompt(request.prompt, request.system) if request.prompt is not None \
@@ -82,7 +84,7 @@ class Orchestrator:
                          resumed_tokens=len(resume or ()))
                 mark = time.perf_counter()
                 try:
-                    async for item in worker.generate(rid, prompt_ids, options, plan, resume):
+                    async for item in worker.generate(rid, prompt_ids, options, plan, resume, stream):
                         now = time.perf_counter()
                         timings[graph.next_phase if graph.next_phase in timings else "denoise"] += now - mark
                         mark = now
@@ -97,7 +99,7 @@ class Orchestrator:
                     if failovers > MAX_FAILOVERS:
                         raise
                     resume = graph.committed  # a live worker replays what was committed and goes on
-                    await asyncio.sleep(0.05 * failovers)
+                    await asyncio.sleep(0.1 * 2 ** failovers)
                 finally:
                     worker.load -= 1
             for event in graph.final_text(result.text):
@@ -124,7 +126,7 @@ class Orchestrator:
     async def complete(self, request: GenerateRequest) -> DoneEvent:
         """Run a request to the end and return only its final event."""
         done = None
-        async for event in self.generate(request):
+        async for event in self.generate(request, stream=False):
             if isinstance(event, DoneEvent):
                 done = event
         if done is None:

@@ -3,16 +3,29 @@ group, so they are answered while a phase is busy with a forward."""
 
 from __future__ import annotations
 
+import os
+
 import ray
 
-from .logs import configure_logging
+from .logs import configure_logging, get_logger
 from .worker import Worker
+
+
+def restore_priority() -> None:
+    """Ray starts worker processes at nice 15 (RAY_worker_niceness); a model worker should not yield
+    the CPU to every other process. Lowering the niceness needs privileges: try, else log."""
+    if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+        except PermissionError:
+            get_logger("plandiff.worker").warning("worker_runs_at_low_priority", nice=os.getpriority(os.PRIO_PROCESS, 0))
 
 
 class WorkerActor(Worker):
     def __init__(self, model: str, dtype: str | None = None, device: str = "cpu", name: str = "worker",
                  flush_interval: float = 0.05):
         configure_logging()
+        restore_priority()
         super().__init__(model, dtype=dtype, device=device, name=name, flush_interval=flush_interval)
 
     @ray.method(concurrency_group="control")

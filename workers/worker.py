@@ -26,6 +26,7 @@ from plandiff.model.network import KVCache
 from .logs import get_logger
 
 PhaseName = str  # "plan" or "denoise"
+YIELD_INTERVAL = 0.02  # seconds a lone request may hold the event loop
 PHASES = {"plan": Phase.PLAN, "denoise": Phase.DENOISE}
 
 
@@ -46,6 +47,8 @@ class Worker:
         self.runtime = ModelRuntime.load(model, dtype=dtype, device=device)
         self.slots: dict[str, Slot] = {}
         self.forwards = 0
+        self.running = 0  # requests in a phase right now
+        self.busy_seconds = 0.0  # time spent in forwards and state updates
         self.log = get_logger("plandiff.worker", worker=name, pid=os.getpid())
         self.log.info("worker_ready", model=str(model), device=device)
 
@@ -72,7 +75,7 @@ class Worker:
         slot = self._slot(request_id)
         if slot.state.phase is not PHASES[phase]:
             raise InvalidRequestError(f"request {request_id} is in phase {slot.state.phase.value}, not {phase}")
-        async for item in self._run(request_id, slot, {PHASES[phase]}):
+        async for item in self._run(request_id, slot, {PHASES[phase]}, self.flush_interval):
             yield item
 
     async def generate(
@@ -82,27 +85,40 @@ class Worker:
         options: GenerationOptions,
         plan: list[list[int]] | None = None,
         resume: list[int] | None = None,
+        stream: bool = True,
     ) -> AsyncIterator[list[RequestEvent] | GenerationResult]:
-        """Open a request, run all its phases to the end (streaming their events, then the result)
-        and free it: one call per request, the cheapest across Ray."""
+        """Open a request, run all its phases to the end and free it: one call per request, the
+        cheapest across Ray. Events come every `flush_interval` if `stream`, else at each round's
+        join (the commit points a resumed request needs) and at the end; then the result."""
         self.open(request_id, prompt_ids, options, plan, resume)
+        interval = self.flush_interval if stream else float("inf")
         try:
-            async for item in self._run(request_id, self.slots[request_id], {Phase.PLAN, Phase.DENOISE}):
+            async for item in self._run(request_id, self.slots[request_id], {Phase.PLAN, Phase.DENOISE}, interval):
                 yield item
         finally:
             self.release(request_id)
 
-    async def _run(self, request_id: str, slot: Slot, phases: set[Phase]):
+    async def _run(self, request_id: str, slot: Slot, phases: set[Phase], flush_interval: float):
+        self.running += 1
+        try:
+            async for item in self._steps(request_id, slot, phases, flush_interval):
+                yield item
+        finally:
+            self.running -= 1
+
+    async def _steps(self, request_id: str, slot: Slot, phases: set[Phase], flush_interval: float):
         """Forward by forward while the request is in one of `phases`."""
         state = slot.state
         log = self.log.bind(request_id=request_id)
         pending: list[RequestEvent] = []
-        flushed = time.monotonic()
+        flushed = yielded = time.monotonic()
         while state.phase in phases and not slot.cancelled:
             forward = state.schedule()
             if forward.fresh_cache:
                 slot.cache = self.runtime.network.new_cache(forward.key_length)
+            started = time.perf_counter()
             state.advance(forward, self.runtime.forward(state, forward, slot.cache))
+            self.busy_seconds += time.perf_counter() - started
             self.forwards += 1
             events = state.drain()
             for event in events:
@@ -112,10 +128,15 @@ class Worker:
                 elif isinstance(event, RoundJoined):
                     log.info("round_joined", round=event.round, stop=event.stop)
             pending += events
-            if state.phase in phases and time.monotonic() - flushed >= self.flush_interval:
+            joined = any(isinstance(e, RoundJoined) for e in events)
+            if state.phase in phases and (joined or time.monotonic() - flushed >= flush_interval):
                 yield pending
                 pending, flushed = [], time.monotonic()
-            await asyncio.sleep(0)  # let other requests' phases (and, in-process, the caller) run
+            # Turns: one forward each while other requests are running here; alone, still give
+            # the event loop (an in-process caller, a cancel) a turn every YIELD_INTERVAL.
+            if self.running > 1 or time.monotonic() - yielded >= YIELD_INTERVAL:
+                await asyncio.sleep(0)
+                yielded = time.monotonic()
         if slot.cancelled:
             log.info("request_cancelled", round=state.round.index)
             return
@@ -151,6 +172,7 @@ class Worker:
             "requests": len(self.slots),
             "kv_cache_bytes": sum(s.cache.nbytes() for s in self.slots.values()),
             "forwards": self.forwards,
+            "busy_seconds": self.busy_seconds,
             "threads": torch.get_num_threads(),
         }
 
