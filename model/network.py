@@ -108,6 +108,18 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q[None], k_all[None], v_all[None], attn_mask=bias)
         return self.o_proj(out[0].transpose(0, 1).reshape(t, self.heads * self.head_dim))
 
+    def forward_batch(self, x, cos, sin, bias):
+        """Training: whole sequences [B, T, hidden], no cache, differentiable."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        group = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
 
 class MLP(nn.Module):
     def __init__(self, config: DreamConfig):
@@ -130,6 +142,10 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, cos, sin, positions, bias, keys, values):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, bias, keys, values)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward_batch(self, x, cos, sin, bias):
+        x = x + self.self_attn.forward_batch(self.input_layernorm(x), cos, sin, bias)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -185,3 +201,15 @@ class DreamNetwork(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
+
+    def forward_train(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, vocab] for whole sequences `input_ids` [B, T] at positions 0…T−1 with
+        `mask` [B, T, T] (True = may attend); differentiable, no cache."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        bias = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device)
+        bias = bias.masked_fill(~mask, torch.finfo(self.dtype).min)[:, None]
+        cos, sin = self.rotary(positions, self.dtype)
+        x = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            x = layer.forward_batch(x, cos, sin, bias)
+        return self.lm_head(self.model.norm(x))

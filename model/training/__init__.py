@@ -1,0 +1,1 @@
+"""plandiff.model.training: the planned-diffusion training objective, data and loop."""

@@ -1,0 +1,181 @@
+"""The training objective of planned diffusion, and of its autoregressive and diffusion-only twins.
+
+A training sequence is the chat prompt, the annotated answer and the end token. Its attention layout
+is the one inference builds (layout.py): prompt and plan causal; each span (tags included)
+bidirectional over itself; spans of a round isolated (sparse) or one region (dense); everything
+after a ``<sync/>`` sees the spans before it. Each span is padded with ``[PAD]`` to the slots its
+promise gives (``N × span_length_unit``), the scaffold inference will build.
+
+Hybrid loss (paper §3; reference §5.3, with its two quirks fixed on purpose):
+- plan positions: next-token cross-entropy, skipping whole scaffolds (the last plan token predicts
+  ``<sync/>`` or the end token). The reference also divides this term by t; we do not: t is the
+  noise level of the spans, and the plan is never noised.
+- span slots: each slot is replaced by the mask with probability t ~ U(ε, 1); a masked slot j is
+  predicted from the hidden state at j−1 (the logit shift inference uses), weighted by 1/t. The
+  reference instead gates the term at p on *input* p being masked while the target is p+1, so it
+  trains to copy visible neighbours and never trains the first slot after ``<async>``. Tags are
+  never masked (inference never masks them).
+loss = mean plan cross-entropy + Σ_masked CE/t ÷ number of slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..layout import CAUSAL, Layout, allowed
+from ..plan_parser import PlanParser, SpanPromised
+from ..tags import TagVocabulary
+
+Mode = Literal["planned", "autoregressive", "diffusion"]
+EPS = 1e-3
+IGNORE = -100
+
+
+@dataclass
+class Sequence:
+    """One training sequence: tokens, their layout, and what is learned where."""
+
+    tokens: list[int]
+    layout: Layout
+    ar_labels: list[int]  # per position: the next AR token it predicts, or IGNORE
+    slots: list[int]  # positions that may be masked and predicted by diffusion
+
+
+def planned_sequence(prompt: list[int], answer: list[int], end: int, tags: TagVocabulary,
+                     dense: bool = False) -> Sequence:
+    """Lay out prompt + annotated answer + end token for the hybrid objective."""
+    parser = PlanParser(tags)
+    lengths: list[int] = []  # slots promised, in order, for the spans of the current round
+    tokens, region, epoch = list(prompt), [CAUSAL] * len(prompt), [0] * len(prompt)
+    slots: list[int] = []
+    current_epoch, next_region, span, dense_region = 0, 0, 0, None
+    i = 0
+    while i < len(answer):
+        token = answer[i]
+        if token == tags.span_open:
+            close = answer.index(tags.span_close, i)
+            content = answer[i + 1:close]
+            size = lengths[span] if span < len(lengths) else len(content)
+            if len(content) > size:
+                raise ValueError(f"span {span} holds {len(content)} tokens; its promise gives {size} slots")
+            if dense:
+                dense_region = next_region if dense_region is None else dense_region
+                r = dense_region
+            else:
+                r = next_region
+            next_region += 1
+            block = [tags.span_open, *content, *[tags.pad] * (size - len(content)), tags.span_close]
+            slots += list(range(len(tokens) + 1, len(tokens) + 1 + size))
+            tokens += block
+            region += [r] * len(block)
+            epoch += [current_epoch] * len(block)
+            span += 1
+            i = close + 1
+            continue
+        if token == tags.sync:
+            current_epoch += 1
+            lengths, span, dense_region = [], 0, None
+            parser.reset()
+        else:
+            event = parser.feed(token)
+            if isinstance(event, SpanPromised):
+                lengths.append(event.number * tags.span_length_unit)
+        tokens.append(token)
+        region.append(CAUSAL)
+        epoch.append(current_epoch)
+        i += 1
+    tokens.append(end)
+    region.append(CAUSAL)
+    epoch.append(current_epoch)
+    layout = Layout(region, epoch)
+    causal = [p for p, r in enumerate(region) if r == CAUSAL]
+    ar_labels = [IGNORE] * len(tokens)
+    for p, q in zip(causal, causal[1:]):
+        if q >= len(prompt):
+            ar_labels[p] = tokens[q]
+    return Sequence(tokens, layout, ar_labels, slots)
+
+
+def autoregressive_sequence(prompt: list[int], answer: list[int], end: int) -> Sequence:
+    tokens = [*prompt, *answer, end]
+    labels = [IGNORE] * len(tokens)
+    for p in range(len(prompt) - 1, len(tokens) - 1):
+        labels[p] = tokens[p + 1]
+    return Sequence(tokens, Layout([CAUSAL] * len(tokens), [0] * len(tokens)), labels, [])
+
+
+def diffusion_sequence(prompt: list[int], answer: list[int], end: int, pad: int, length: int) -> Sequence:
+    """Dream-style: prompt and answer form one bidirectional region; the answer (its end token
+    and padding included, up to `length` tokens) is what gets masked."""
+    body = [*answer, end][:length]
+    body += [pad] * (length - len(body))
+    tokens = [*prompt, *body]
+    return Sequence(tokens, Layout([0] * len(tokens), [0] * len(tokens)), [IGNORE] * len(tokens),
+                    list(range(len(prompt), len(tokens))))
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T], masked slots already replaced by the mask token
+    mask: torch.Tensor  # [B, T, T] attention
+    ar_labels: torch.Tensor  # [B, T]
+    targets: torch.Tensor  # [B, T]: the clean token at masked slots, IGNORE elsewhere
+    weights: torch.Tensor  # [B]: 1/t per sequence
+    slots: torch.Tensor  # [B]: maskable slots per sequence
+
+
+def make_batch(sequences: list[Sequence], mask_token: int, pad_token: int, generator: torch.Generator,
+               device: str | torch.device = "cpu") -> Batch:
+    """Noise each sequence's slots at its own t ~ U(ε, 1) and stack, right-padded."""
+    length = max(len(s.tokens) for s in sequences)
+    b = len(sequences)
+    ids = torch.full((b, length), pad_token, dtype=torch.long)
+    ar = torch.full((b, length), IGNORE, dtype=torch.long)
+    targets = torch.full((b, length), IGNORE, dtype=torch.long)
+    mask = torch.zeros((b, length, length), dtype=torch.bool)
+    t = (1 - EPS) * torch.rand(b, generator=generator) + EPS
+    slots = torch.zeros(b)
+    positions = torch.arange(length)
+    for i, s in enumerate(sequences):
+        n = len(s.tokens)
+        ids[i, :n] = torch.tensor(s.tokens)
+        ar[i, :n] = torch.tensor(s.ar_labels)
+        region, epoch = s.layout.tensors()
+        mask[i, :n, :n] = allowed(positions[:n], region, epoch, positions[:n], region, epoch)
+        mask[i, n:, n:] = torch.eye(length - n, dtype=torch.bool)  # padding sees itself only
+        if s.slots:
+            where = torch.tensor(s.slots)
+            noised = where[torch.rand(len(where), generator=generator) < t[i]]
+            targets[i, noised] = ids[i, noised]
+            ids[i, noised] = mask_token
+            slots[i] = len(where)
+    return Batch(ids.to(device), mask.to(device), ar.to(device), targets.to(device), (1 / t).to(device),
+                 slots.to(device))
+
+
+def loss(network, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Plan cross-entropy (mean) + diffusion ELBO term (Σ masked CE / t ÷ slots)."""
+    logits = network.forward_train(batch.input_ids, batch.mask).float()
+    vocab = logits.shape[-1]
+    total = logits.new_zeros(())
+    stats = {}
+    if (batch.ar_labels != IGNORE).any():
+        ar = F.cross_entropy(logits.reshape(-1, vocab), batch.ar_labels.reshape(-1), ignore_index=IGNORE)
+        total = total + ar
+        stats["ar_loss"] = float(ar.detach())
+    if (batch.targets != IGNORE).any():
+        # The slot at j is predicted by the logits at j − 1.
+        shifted = logits[:, :-1]
+        targets = batch.targets[:, 1:]
+        ce = F.cross_entropy(shifted.reshape(-1, vocab), targets.reshape(-1), ignore_index=IGNORE,
+                             reduction="none").view(targets.shape)
+        per_sequence = ce.sum(dim=1) * batch.weights / batch.slots.clamp(min=1)
+        diffusion = per_sequence[batch.slots > 0].mean()
+        total = total + diffusion
+        stats["diffusion_loss"] = float(diffusion.detach())
+    stats["loss"] = float(total.detach())
+    return total, stats

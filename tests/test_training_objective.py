@@ -1,0 +1,93 @@
+"""The hybrid training objective: the training layout is the inference layout, labels skip scaffolds,
+slots are noised and predicted through the logit shift, and a few steps of training learn."""
+
+import torch
+
+from plandiff.model import GenerationOptions
+from plandiff.model.generation import Phase
+from plandiff.model.layout import allowed
+from plandiff.model.network import DreamNetwork
+from plandiff.model.random_checkpoint import tiny_config
+from plandiff.model.training.objective import (
+    IGNORE, autoregressive_sequence, diffusion_sequence, loss, make_batch, planned_sequence,
+)
+
+PLAN = "<promise>-<topic>alpha 3</topic><promise>-<topic>beta 1</topic><sync/><promise>-<topic>gamma 1</topic><|im_end|>"
+ANSWER = ("<promise>-<topic>alpha 3</topic><promise>-<topic>beta 1</topic><async>Alpha is first and fine.</async>"
+          "<async>Beta.</async><sync/><promise>-<topic>gamma 1</topic><async>Done.</async>")
+
+
+def encode(runtime, text):
+    return runtime.tokenizer.encode(text, add_special_tokens=False)
+
+
+def matrix(layout):
+    region, epoch = layout.tensors()
+    positions = torch.arange(len(region))
+    return allowed(positions, region, epoch, positions, region, epoch)
+
+
+def test_training_layout_is_the_inference_layout(compact):
+    prompt = compact.encode_prompt("x")
+    for dense in (False, True):
+        state = compact.new_state(prompt, GenerationOptions(dense=dense), compact.encode_plan(PLAN))
+        compact.run(state)
+        assert state.phase is Phase.DONE
+        sequence = planned_sequence(prompt, encode(compact, ANSWER), compact.tags.end[0], compact.tags, dense=dense)
+        # inference never appends the final end token; everything before it has the same shape
+        assert len(sequence.tokens) == len(state.tokens) + 1
+        assert torch.equal(matrix(sequence.layout)[:-1, :-1], matrix(state.layout))
+
+
+def test_labels_and_padding(compact):
+    tags, prompt = compact.tags, compact.encode_prompt("x")
+    s = planned_sequence(prompt, encode(compact, ANSWER), tags.end[0], tags)
+    # each span is padded to its promised slots: 30, 10, 10
+    opens = [i for i, t in enumerate(s.tokens) if t == tags.span_open]
+    closes = [i for i, t in enumerate(s.tokens) if t == tags.span_close]
+    assert [c - o - 1 for o, c in zip(opens, closes)] == [30, 10, 10]
+    assert len(s.slots) == 50 and all(s.layout.region[p] >= 0 for p in s.slots)
+    # the last plan token of each round predicts the round's stop token, across the scaffold
+    first_close = s.tokens.index(tags.promise_close, s.tokens.index(tags.promise_close) + 1)
+    assert s.ar_labels[first_close] == tags.sync
+    last_close = max(i for i, t in enumerate(s.tokens) if t == tags.promise_close)
+    assert s.ar_labels[last_close] == tags.end[0]
+    assert all(s.ar_labels[p] == IGNORE for p in s.slots)
+    assert s.ar_labels[len(prompt) - 1] == tags.promise_open and s.ar_labels[0] == IGNORE
+
+
+def test_noise_and_targets(compact):
+    tags = compact.tags
+    s = planned_sequence(compact.encode_prompt("x"), encode(compact, ANSWER), tags.end[0], tags)
+    batch = make_batch([s, s], tags.mask, tags.pad, torch.Generator().manual_seed(0))
+    masked = batch.targets != IGNORE
+    assert masked.any()
+    assert (batch.input_ids[masked] == tags.mask).all()
+    clean = torch.tensor(s.tokens)
+    assert torch.equal(batch.targets[0][masked[0]], clean[masked[0]])
+    assert not set(torch.nonzero(masked[0]).flatten().tolist()) - set(s.slots)  # only slots are noised
+
+
+def test_a_few_steps_learn_each_mode(compact):
+    tags = compact.tags
+    torch.manual_seed(0)
+    network = DreamNetwork(tiny_config("compact"))
+    prompt, answer = compact.encode_prompt("x"), encode(compact, ANSWER)
+    plain = encode(compact, "Alpha is first and fine. Beta. Done.")
+    sequences = {
+        "planned": planned_sequence(prompt, answer, tags.end[0], tags),
+        "autoregressive": autoregressive_sequence(prompt, plain, tags.end[0]),
+        "diffusion": diffusion_sequence(prompt, plain, tags.end[0], tags.pad, 24),
+    }
+    for mode, sequence in sequences.items():
+        optimizer = torch.optim.AdamW(network.parameters(), lr=3e-3)
+        generator = torch.Generator().manual_seed(1)
+        losses = []
+        for _ in range(30):
+            batch = make_batch([sequence] * 4, tags.mask, tags.pad, generator)
+            value, stats = loss(network, batch)
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+            losses.append(stats["loss"])
+        assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, (mode, losses)
