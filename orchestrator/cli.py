@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from plandiff.model import PlandiffError
+from plandiff.model import InvalidRequestError, PlandiffError
 from plandiff.model.codec import TextCodec
 from plandiff.model.random_checkpoint import build_random_checkpoint
 from plandiff.workers.logs import configure_logging
@@ -93,6 +93,38 @@ def add_bench(sub) -> None:
     o.add_argument("--executors", default="local,ray", help="comma-separated: local, ray")
 
 
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a planned-diffusion model (or its AR / diffusion twin) from scratch")
+    p.add_argument("--config", required=True, help="YAML training recipe (configs/train/*.yaml)")
+    p.add_argument("--output", help="checkpoint folder to write (overrides the recipe)")
+    p.add_argument("--steps", type=int, help="optimizer steps (overrides the recipe)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+
+
+def run_train(args) -> int:
+    from dataclasses import fields
+
+    from plandiff.model.training.recipe import DataConfig, run
+    from plandiff.model.training.trainer import TrainConfig
+
+    from .settings import load_train_settings
+
+    settings = load_train_settings(args.config, {"output": args.output, "steps": args.steps, "device": args.device})
+    names = {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in settings.model_dump().items() if k in names})
+    try:
+        data = DataConfig(**settings.data)
+    except TypeError as err:
+        raise InvalidRequestError(f"invalid data settings: {err}") from err
+
+    def log(metrics: dict) -> None:
+        print(json.dumps({"event": "validation", **metrics}), file=sys.stderr, flush=True)
+
+    metrics = run(config, data, settings.output, settings.device, log)
+    print(json.dumps({"output": settings.output, **metrics}))
+    return 0
+
+
 def settings_from(args) -> tuple[GenerateSettings, str | None]:
     cli = {k: getattr(args, k) for k in GenerateSettings.model_fields if hasattr(args, k)}
     no_top_k = cli.get("top_k") == 0  # "off", which the settings spell None
@@ -159,10 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     add_generate(sub)
     add_random_checkpoint(sub)
     add_bench(sub)
+    add_train(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
             return run_generate(args)
+        if args.command == "train":
+            return run_train(args)
         if args.command == "bench":
             from .bench import run_overhead
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plandiff.model import GenerationOptions, InvalidRequestError, Sampling
@@ -79,3 +79,36 @@ def load_settings(preset: str | Path | None, cli: dict[str, Any]) -> GenerateSet
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise InvalidRequestError(f"invalid settings: {problems}") from err
+
+
+class TrainSettings(BaseModel):
+    """`plandiff train --config FILE`: a YAML of these fields (see configs/train/*.yaml)."""
+
+    model_config = {"extra": "forbid"}
+
+    output: str
+    mode: Literal["planned", "autoregressive", "diffusion"] = "planned"
+    dense: bool = False
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    seed: int = 0
+    eval_every: int = Field(200, ge=1)
+    device: str | None = None
+    network: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+def load_train_settings(path: str | Path, overrides: dict[str, Any]) -> TrainSettings:
+    path = Path(path)
+    if not path.exists():
+        raise InvalidRequestError(f"config file {path} does not exist")
+    values = yaml.safe_load(path.read_text()) or {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainSettings.model_validate(values)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise InvalidRequestError(f"invalid training settings in {path}: {problems}") from err

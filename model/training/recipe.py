@@ -1,0 +1,57 @@
+"""The demo recipe: synthetic task → tokenizer → annotated examples → a trained checkpoint folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast
+
+from ..codec import TextCodec
+from ..config import DreamConfig
+from ..loading import load_tokenizer
+from ..tags import TagProfile, TagVocabulary
+from .synthetic import ar_completion, completion, make_split
+from .tokenizer import train_tokenizer
+from .trainer import Pair, TrainConfig, encode, train
+
+
+@dataclass
+class DataConfig:
+    train: int = 20000  # examples
+    validation: int = 500
+    seed: int = 0
+    vocab_size: int = 2048
+    tokenizer: str | None = None  # reuse this tokenizer folder (so a twin shares the vocabulary)
+
+
+def build_tokenizer(data: DataConfig) -> PreTrainedTokenizerFast:
+    if data.tokenizer:
+        return load_tokenizer(Path(data.tokenizer))
+    examples = make_split("train", data.train, data.seed)
+    texts = [e.prompt for e in examples] + [ar_completion(e) for e in examples]
+    texts += [topic for e in examples for r in e.rounds for topic, _ in r.spans]
+    return train_tokenizer(texts, data.vocab_size)
+
+
+def pairs(split: str, n: int, data: DataConfig, config: TrainConfig, tokenizer) -> list[Pair]:
+    examples = make_split(split, n, data.seed)
+    if config.mode == "planned":
+        return [Pair(e.prompt, completion(e, tokenizer)) for e in examples]
+    return [Pair(e.prompt, ar_completion(e)) for e in examples]
+
+
+def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str | None = None, log=None) -> dict:
+    tokenizer = build_tokenizer(data)
+    tags = TagVocabulary.from_tokenizer(tokenizer)
+    codec = TextCodec(tokenizer, TagProfile(), tags)
+    train_set = encode(pairs("train", data.train, data, config, tokenizer), tokenizer, tags, config, codec.encode_prompt)
+    validation_set = encode(pairs("validation", data.validation, data, config, tokenizer), tokenizer, tags, config,
+                            codec.encode_prompt)
+    vocab = max(tokenizer.get_vocab().values()) + 1
+    network = DreamConfig(**{
+        "vocab_size": -(-vocab // 64) * 64, "mask_token_id": tags.mask, "pad_token_id": tags.pad,
+        "bos_token_id": tags.end[-1], "eos_token_id": tags.end[-1], "max_position_embeddings": 1024,
+        "rope_theta": 10000.0, "disable_block_sparsity": config.dense, **config.network,
+    })
+    return train(config, network, tokenizer, tags, train_set, validation_set, output, device, log)

@@ -1,0 +1,157 @@
+"""The training loop: AdamW, warmup then cosine decay, bf16 autocast on GPU, fp32 on CPU,
+validation loss, progress, and an HF checkpoint folder that the runtime loads."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ..config import DreamConfig
+from ..loading import save_checkpoint
+from ..network import DreamNetwork
+from ..tags import TagVocabulary
+from .objective import Mode, Sequence, autoregressive_sequence, diffusion_sequence, loss, make_batch, planned_sequence
+
+
+@dataclass
+class TrainConfig:
+    mode: Mode = "planned"
+    dense: bool = False
+    steps: int = 1000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    eval_every: int = 200
+    diffusion_length: int = 160  # answer tokens of a diffusion-only sequence (padded)
+    network: dict = field(default_factory=dict)  # DreamConfig fields (hidden_size, num_hidden_layers, …)
+
+
+@dataclass
+class Pair:
+    """One training example as text: the user prompt and the annotated answer."""
+
+    prompt: str
+    answer: str  # planned-diffusion annotation (mode "planned") or plain text (the twins)
+
+
+def encode(pairs: list[Pair], tokenizer: PreTrainedTokenizerBase, tags: TagVocabulary, config: TrainConfig,
+           encode_prompt: Callable[[str], list[int]]) -> list[Sequence]:
+    end = tags.end[0]
+    sequences = []
+    for pair in pairs:
+        prompt = encode_prompt(pair.prompt)
+        answer = tokenizer.encode(pair.answer, add_special_tokens=False)
+        if config.mode == "planned":
+            sequences.append(planned_sequence(prompt, answer, end, tags, dense=config.dense))
+        elif config.mode == "autoregressive":
+            sequences.append(autoregressive_sequence(prompt, answer, end))
+        else:
+            sequences.append(diffusion_sequence(prompt, answer, end, tags.pad, config.diffusion_length))
+    return sequences
+
+
+def train(
+    config: TrainConfig,
+    network_config: DreamConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    tags: TagVocabulary,
+    train_set: list[Sequence],
+    validation_set: list[Sequence],
+    output: str | Path,
+    device: str | None = None,
+    log: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train a network from scratch and save it to `output`; return the final metrics."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    network = DreamNetwork(network_config).to(device)
+    decay = [p for n, p in network.named_parameters() if p.ndim >= 2]
+    rest = [p for n, p in network.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=config.learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    progress = _progress(config.steps)
+    log = log or (lambda record: None)
+    started = time.perf_counter()
+    metrics: dict = {}
+    for step in range(1, config.steps + 1):
+        network.train()
+        batch = make_batch(rng.sample(train_set, min(config.batch_size, len(train_set))), tags.mask, tags.pad,
+                           generator, device)
+        with autocast:
+            value, stats = loss(network, batch)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        progress(step, stats["loss"])
+        if step % config.eval_every == 0 or step == config.steps:
+            metrics = {"step": step, "train_loss": stats["loss"],
+                       "validation_loss": _validate(network, validation_set, tags, config, device, autocast),
+                       "seconds": round(time.perf_counter() - started, 1)}
+            log(metrics)
+    network.eval()
+    network_config.torch_dtype = "float32"
+    save_checkpoint(output, network_config, network.float().cpu(), tokenizer)
+    Path(output, "training.json").write_text(json.dumps({"config": asdict(config), "metrics": metrics}, indent=2))
+    return metrics
+
+
+@torch.no_grad()
+def _validate(network, sequences, tags, config, device, autocast) -> float:
+    network.eval()
+    generator = torch.Generator().manual_seed(12345)  # the same noise every evaluation
+    values = []
+    for start in range(0, len(sequences), config.batch_size):
+        batch = make_batch(sequences[start:start + config.batch_size], tags.mask, tags.pad, generator, device)
+        with autocast:
+            values.append(loss(network, batch)[1]["loss"])
+    return sum(values) / max(1, len(values))
+
+
+def _lr_factor(step: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _progress(total: int) -> Callable[[int, float], None]:
+    """A tqdm bar on a terminal; elsewhere a line every 10 % (tqdm frames are unreadable in logs)."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="training", unit="step")
+
+        def update(step: int, value: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}")
+            if step == total:
+                bar.close()
+
+        return update
+
+    every = max(1, total // 10)
+
+    def report(step: int, value: float) -> None:
+        if step % every == 0 or step == total:
+            print(json.dumps({"event": "training_progress", "step": step, "of": total, "loss": round(value, 4)}),
+                  file=sys.stderr, flush=True)
+
+    return report

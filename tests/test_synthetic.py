@@ -1,0 +1,171 @@
+"""The synthetic training task (model/training/synthetic.py) and its tokenizer (tokenizer.py)."""
+
+import math
+import re
+
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+from plandiff.model.plan_parser import Malformed, PlanParser, RoundEnd, SpanPromised
+from plandiff.model.result import strip_tags
+from plandiff.model.tags import TagProfile, TagVocabulary
+from plandiff.model.training.synthetic import (
+    FAMILIES, Example, ar_completion, completion, make_split, score,
+)
+from plandiff.model.training.tokenizer import train_tokenizer
+
+PD_TAGS = ["<|mask|>", "<async>", "</async>", "<promise>-<topic>", "</topic>", "<sync/>", "[PAD]"]
+
+
+@pytest.fixture(scope="module")
+def train_examples() -> list[Example]:
+    return make_split("train", 500, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(train_examples) -> PreTrainedTokenizerFast:
+    return train_tokenizer([t for e in train_examples for t in (e.prompt, ar_completion(e))], vocab_size=1024)
+
+
+@pytest.fixture(scope="module")
+def tags(tokenizer) -> TagVocabulary:
+    return TagVocabulary.from_tokenizer(tokenizer)
+
+
+def test_deterministic():
+    a, b = make_split("validation", 60, seed=3), make_split("validation", 60, seed=3)
+    assert a == b
+    assert [e.prompt for e in make_split("validation", 60, seed=4)] != [e.prompt for e in a]
+
+
+def test_splits_are_disjoint_and_deduplicated(train_examples):
+    prompts = {s: [e.prompt for e in make_split(s, 300, seed=0)] for s in ("validation", "test")}
+    prompts["train"] = [e.prompt for e in train_examples]
+    for s, ps in prompts.items():
+        assert len(set(ps)) == len(ps), s
+    assert not set(prompts["train"]) & set(prompts["validation"])
+    assert not set(prompts["train"]) & set(prompts["test"])
+    assert not set(prompts["validation"]) & set(prompts["test"])
+    # another seed is still disjoint from the first seed's other splits
+    assert not {e.prompt for e in make_split("test", 200, seed=1)} & set(prompts["train"])
+    with pytest.raises(ValueError):
+        make_split("dev", 1)
+
+
+def test_families_and_structure(train_examples):
+    by_family = {f: [e for e in train_examples if e.family == f] for f in FAMILIES}
+    assert all(len(v) >= 20 for v in by_family.values()), {f: len(v) for f, v in by_family.items()}
+    for e in by_family["profiles"] + by_family["subquestions"]:
+        assert len(e.rounds) == 1 and 2 <= len(e.rounds[0].spans) <= 4 and not e.rounds[0].lead
+        assert e.final is None
+    for e in by_family["join"]:
+        assert len(e.rounds) == 2 and 2 <= len(e.rounds[0].spans) <= 4 and len(e.rounds[1].spans) == 1
+        assert e.final is not None
+    for e in by_family["short"]:
+        assert len(e.rounds) == 1 and e.rounds[0].spans == [] and e.rounds[0].lead
+        assert e.final is None
+    for e in by_family["profiles"]:  # one span per entity, the topic is its name, every fact restated
+        for topic, text in e.rounds[0].spans:
+            assert text.startswith(topic)
+    for e in train_examples:
+        assert len(e.prompt.split()) <= 60
+        assert all(not re.search(r"\d", topic) for r in e.rounds for topic, _ in r.spans)
+
+
+def test_wording_varies(train_examples):
+    openers = {e.rounds[0].spans[0][1].split(" ", 2)[-1][:12] for e in train_examples if e.family == "profiles"}
+    assert len(openers) > 30
+    assert len({e.prompt.split()[-1] for e in train_examples}) > 50
+
+
+def _rounds(ids: list[int], tags: TagVocabulary) -> list[list[int]]:
+    out, current = [], []
+    for t in ids:
+        if t == tags.sync:
+            out.append(current)
+            current = []
+        else:
+            current.append(t)
+    return [*out, current]
+
+
+def test_completion_parses_and_lengths_match(train_examples, tokenizer, tags):
+    for e in train_examples[:200]:
+        text = completion(e, tokenizer)
+        if e.family == "short":
+            assert text == e.rounds[0].lead
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        rounds = _rounds(ids, tags)
+        assert len(rounds) == len(e.rounds)
+        for k, (round_ids, rnd) in enumerate(zip(rounds, e.rounds)):
+            first_span = round_ids.index(tags.span_open) if tags.span_open in round_ids else len(round_ids)
+            plan = round_ids[:first_span]
+            end = tags.sync if k < len(rounds) - 1 else tags.end[0]
+            parser = PlanParser(tags)
+            events = [ev for ev in (parser.feed(t) for t in [*plan, end]) if ev is not None]
+            assert not any(isinstance(ev, Malformed) for ev in events), (text, events)
+            promised = [ev for ev in events if isinstance(ev, SpanPromised)]
+            assert events[-1] == RoundEnd("sync" if end == tags.sync else "end", len(rnd.spans))
+            # the span contents, as tokenized in context, and their promised lengths
+            contents, i = [], first_span
+            while i < len(round_ids):
+                assert round_ids[i] == tags.span_open
+                close = round_ids.index(tags.span_close, i)
+                contents.append(round_ids[i + 1:close])
+                i = close + 1
+            assert len(promised) == len(contents) == len(rnd.spans)
+            for ev, content, (topic, span_text) in zip(promised, contents, rnd.spans):
+                assert content == tokenizer.encode(span_text, add_special_tokens=False)
+                assert ev.number == max(1, math.ceil(len(content) / 10))
+                assert tokenizer.decode(list(ev.topic_ids)) == f"{topic} "
+
+
+def test_score_accepts_references_and_rejects_altered_facts(train_examples, tokenizer):
+    profile = TagProfile()
+    for e in train_examples[:200]:
+        reference = ar_completion(e)
+        assert score(e, reference) == {"correct": True, "facts_found": len(e.facts) + (e.final is not None),
+                                       "facts_total": len(e.facts) + (e.final is not None)}
+        assert score(e, strip_tags(completion(e, tokenizer), profile))["correct"]
+        assert score(e, reference.upper().replace(" ", "  \n"))["correct"]
+        for fact in [*e.facts, *([e.final] if e.final else [])]:
+            altered = re.sub(rf"(?<!\w){re.escape(fact)}(?!\w)", "zzqx", reference, flags=re.I)
+            result = score(e, altered)
+            assert not result["correct"], (fact, altered)
+            assert result["facts_found"] < result["facts_total"]
+
+
+def test_score_specifics():
+    e = Example("join", "p", [], facts=["3", "Oslo"], final="Maya")
+    assert not score(e, "Maya lives in Oslo, age 33. Tom is the oldest.")["correct"]  # "3" is not "33"
+    assert not score(e, "Maya is 3 and lives in Oslo. Tom is the oldest.")["correct"]  # final not last
+    assert score(e, "Tom is 3 and lives in oslo. The oldest is maya.")["correct"]
+
+
+def test_tokenizer(tokenizer, tags, tmp_path):
+    vocab = tokenizer.get_vocab()
+    assert len(tokenizer) <= 1024
+    for tag in ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *PD_TAGS]:
+        assert tokenizer.encode(f"a{tag}b", add_special_tokens=False) == [
+            *tokenizer.encode("a", add_special_tokens=False), vocab[tag], *tokenizer.encode("b", add_special_tokens=False)]
+    assert set(tokenizer.all_special_tokens) >= {"<|im_end|>", "<|endoftext|>"}
+    assert not set(PD_TAGS) & set(tokenizer.all_special_tokens)  # tags are ordinary added tokens
+    for number in ["0123456789", "2024", " 37 plus 48"]:
+        ids = tokenizer.encode(number, add_special_tokens=False)
+        digits = [t for t in ids if tags.digit_value(t) is not None]
+        assert len(digits) == sum(c.isdigit() for c in number)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+    text = "<promise>-<topic>Maya Chen 2</topic><async>Maya is 34 and lives in Oslo.</async><sync/>"
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+
+    tokenizer.save_pretrained(tmp_path)
+    loaded = PreTrainedTokenizerFast.from_pretrained(tmp_path)
+    assert loaded.get_vocab() == vocab
+    assert loaded.encode(text, add_special_tokens=False) == tokenizer.encode(text, add_special_tokens=False)
+    assert TagVocabulary.from_tokenizer(loaded) == tags
+    assert loaded.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                      add_generation_prompt=True) == chat
+    assert loaded.eos_token == "<|im_end|>" and loaded.pad_token == "<|endoftext|>"
