@@ -107,8 +107,9 @@ def train(
                        "seconds": round(time.perf_counter() - started, 1)}
             log(metrics)
     network.eval()
+    # Stored in bf16 (half the bytes), loaded in fp32 by default: bf16 matmuls are slow on most CPUs.
     network_config.torch_dtype = "float32"
-    save_checkpoint(output, network_config, network.float().cpu(), tokenizer)
+    save_checkpoint(output, network_config, network.to(torch.bfloat16).cpu(), tokenizer)
     Path(output, "training.json").write_text(json.dumps({"config": asdict(config), "metrics": metrics}, indent=2))
     return metrics
 
