@@ -12,10 +12,8 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from .config import DreamConfig
-from .errors import CheckpointError
 from .generation import RequestState
-from .loading import load_tokenizer
+from .loading import load_tokenizer, read_config
 from .result import GenerationResult, RoundResult, SpanResult, Usage, strip_tags
 from .tags import TagProfile, TagVocabulary
 
@@ -31,12 +29,7 @@ class TextCodec:
     @classmethod
     def load(cls, folder: str | Path) -> TextCodec:
         folder = Path(folder)
-        if not (folder / "config.json").exists():
-            raise CheckpointError(f"{folder} is not a checkpoint folder: config.json is missing")
-        try:
-            config = DreamConfig.from_file(folder / "config.json")
-        except (ValueError, TypeError) as err:
-            raise CheckpointError(f"{folder / 'config.json'} is not a usable Dream config: {err}") from err
+        config = read_config(folder)
         tokenizer = load_tokenizer(folder)
         profile = TagProfile.from_overrides(config.plandiff_tags)
         return cls(tokenizer, profile, TagVocabulary.from_tokenizer(tokenizer, profile))

@@ -103,17 +103,21 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_config(folder: Path) -> DreamConfig:
+    if not (folder / "config.json").exists():
+        raise CheckpointError(f"{folder} is not a checkpoint folder: config.json is missing")
+    try:
+        return DreamConfig.from_file(folder / "config.json")
+    except (ValueError, TypeError) as err:  # bad JSON, unknown field values
+        raise CheckpointError(f"{folder / 'config.json'} is not a usable Dream config: {err}") from err
+
+
 def load_checkpoint(
     folder: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> Checkpoint:
     """Load config, weights and tokenizer from an HF checkpoint folder."""
     folder = Path(folder)
-    if not (folder / "config.json").exists():
-        raise CheckpointError(f"{folder} is not a checkpoint folder: config.json is missing")
-    try:
-        config = DreamConfig.from_file(folder / "config.json")
-    except (ValueError, TypeError) as err:  # bad JSON, unknown field values
-        raise CheckpointError(f"{folder / 'config.json'} is not a usable Dream config: {err}") from err
+    config = read_config(folder)
     dtype = resolve_dtype(dtype, config)
     state = load_state_dict(folder)
     with torch.device("meta"):
