@@ -75,6 +75,10 @@ def train(
 ) -> dict:
     """Train a network from scratch and save it to `output`; return the final metrics."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        # Batches are built on the CPU from small tensors: many threads only contend (measured: a
+        # 16-core host spent 7 cores spinning).
+        torch.set_num_threads(min(4, torch.get_num_threads()))
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
