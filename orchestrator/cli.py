@@ -125,6 +125,39 @@ def run_train(args) -> int:
     return 0
 
 
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="score a checkpoint on the synthetic task's test split")
+    p.add_argument("--model", required=True, help="checkpoint folder")
+    p.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"], default="planned")
+    p.add_argument("--examples", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0, help="the data seed the model was trained with")
+    p.add_argument("--steps-ratio", type=float, nargs="+", default=[1.0], help="one row per value")
+    p.add_argument("--threshold", type=float, nargs="+", help="also one row per τ (order threshold)")
+    p.add_argument("--max-new-tokens", type=int, default=400)
+    p.add_argument("--device", default="cpu")
+
+
+def run_eval(args) -> int:
+    from plandiff.model import GenerationOptions, ModelRuntime
+    from plandiff.model.training.evaluation import evaluate
+    from plandiff.model.training.synthetic import make_split
+
+    runtime = ModelRuntime.load(args.model, device=args.device)
+    examples = make_split("test", args.examples, args.seed)
+    rows = [dict(steps_ratio=r) for r in args.steps_ratio]
+    rows += [dict(steps_ratio=r, order="threshold", threshold=t) for t in args.threshold or [] for r in args.steps_ratio]
+    print(f"{args.model}, mode {args.mode}, {len(examples)} test examples")
+    print(f"{'options':34s} {'accuracy':>8s} {'valid':>6s} {'critical path':>13s} {'s/answer':>8s}")
+    for row in rows:
+        options = GenerationOptions(mode=args.mode, max_new_tokens=args.max_new_tokens, **row)
+        result = evaluate(runtime, examples, options)
+        label = ", ".join(f"{k}={v}" for k, v in row.items())
+        print(f"{label:34s} {result.accuracy:8.1%} {result.valid_plans:6.1%} {result.critical_path:13.1f} "
+              f"{result.seconds:8.3f}")
+        print(json.dumps({"options": row, **result.__dict__}))
+    return 0
+
+
 def settings_from(args) -> tuple[GenerateSettings, str | None]:
     cli = {k: getattr(args, k) for k in GenerateSettings.model_fields if hasattr(args, k)}
     no_top_k = cli.get("top_k") == 0  # "off", which the settings spell None
@@ -192,12 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     add_random_checkpoint(sub)
     add_bench(sub)
     add_train(sub)
+    add_eval(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
             return run_generate(args)
         if args.command == "train":
             return run_train(args)
+        if args.command == "eval":
+            return run_eval(args)
         if args.command == "bench":
             from .bench import run_overhead
 

@@ -35,3 +35,21 @@ def test_bad_recipe_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["train", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "steps" in err and "unknown" in err
+
+
+def test_eval_scores_a_trained_checkpoint(tmp_path, capsys):
+    recipe = yaml.safe_load(open(RECIPE))
+    recipe.update(output=str(tmp_path / "pd"))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert cli.main(["train", "--config", str(path), "--steps", "2", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--model", str(tmp_path / "pd"), "--examples", "6", "--max-new-tokens", "24",
+                     "--steps-ratio", "1.0", "0.5", "--threshold", "0.9"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["options"] for r in rows] == [{"steps_ratio": 1.0}, {"steps_ratio": 0.5},
+                                            {"steps_ratio": 1.0, "order": "threshold", "threshold": 0.9},
+                                            {"steps_ratio": 0.5, "order": "threshold", "threshold": 0.9}]
+    for row in rows:
+        assert row["examples"] == 6 and 0 <= row["accuracy"] <= 1 and 0 <= row["valid_plans"] <= 1
+        assert row["critical_path"] > 0 and set(row["by_family"]) <= {"profiles", "subquestions", "join", "short"}

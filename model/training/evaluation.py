@@ -1,0 +1,41 @@
+"""Scoring a checkpoint on the synthetic task's test split: accuracy (every fact checked), plan
+validity, critical path (sequential forwards) and wall time, for one set of generation options."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+from ..options import GenerationOptions
+from ..runtime import ModelRuntime
+from .synthetic import Example, score
+
+
+@dataclass
+class Evaluation:
+    examples: int
+    accuracy: float
+    by_family: dict[str, float]
+    valid_plans: float  # answers that ended normally with no malformed-plan fallback
+    critical_path: float  # mean sequential forwards per answer
+    seconds: float  # mean wall time per answer
+
+
+def evaluate(runtime: ModelRuntime, examples: list[Example], options: GenerationOptions) -> Evaluation:
+    correct: dict[str, list[bool]] = {}
+    valid, forwards, seconds = 0, [], []
+    for example in examples:
+        started = time.perf_counter()
+        result = runtime.generate(example.prompt, options)
+        seconds.append(time.perf_counter() - started)
+        correct.setdefault(example.family, []).append(score(example, result.text)["correct"])
+        valid += result.fallback is None and result.finish_reason == "end"
+        forwards.append(result.usage.forward_passes)
+    total = sum(sum(v) for v in correct.values())
+    return Evaluation(
+        examples=len(examples), accuracy=total / max(1, len(examples)),
+        by_family={family: sum(v) / len(v) for family, v in sorted(correct.items())},
+        valid_plans=valid / max(1, len(examples)), critical_path=statistics.fmean(forwards),
+        seconds=statistics.fmean(seconds),
+    )
