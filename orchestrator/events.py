@@ -76,6 +76,8 @@ class Usage(BaseModel):
     steps_per_round: list[int]
     retries: int  # overflowing spans retried with more slots
     failovers: int  # times the request moved to another worker
+    # Wall time between event batches, by the phase they arrived in: exact to the flush interval
+    # when streaming; with events batched at joins (complete()), planning counts as denoising.
     plan_seconds: float
     denoise_seconds: float
     total_seconds: float
