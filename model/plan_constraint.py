@@ -29,12 +29,7 @@ def banned_plan_tokens(parser: PlanParser, round_index: int, options: Generation
             banned.append(tags.sync)
         return banned
     banned = [tags.promise_open, tags.span_open, tags.span_close, tags.pad, tags.mask, tags.sync, *tags.end]
-    trailing = ""
-    for token in reversed(parser.topic):
-        value = tags.digit_value(token)
-        if value is None:
-            break
-        trailing = str(value) + trailing
+    trailing = parser.trailing_digits()
     if not trailing:
         banned.append(tags.promise_close)
     for digit, token in enumerate(tags.digits):

@@ -86,13 +86,10 @@ class PlanParser:
                 return self._fail(f"{self._names[token]} outside a promise")
             return None
         if token == tags.promise_close:
-            digits = 0
-            while digits < len(self.topic) and tags.digit_value(self.topic[-1 - digits]) is not None:
-                digits += 1
-            if digits == 0:
+            digits = self.trailing_digits()
+            if not digits:
                 return self._fail("a promise has no length before </topic>")
-            number = int("".join(str(tags.digit_value(t)) for t in self.topic[len(self.topic) - digits:]))
-            event = SpanPromised(self.promises, tuple(self.topic[: len(self.topic) - digits]), number)
+            event = SpanPromised(self.promises, tuple(self.topic[: len(self.topic) - len(digits)]), int(digits))
             self.promises += 1
             self.topic = None
             return event
@@ -100,6 +97,16 @@ class PlanParser:
             return self._fail(f"{self._names[token]} inside an unclosed promise")
         self.topic.append(token)
         return None
+
+    def trailing_digits(self) -> str:
+        """The digits at the end of the open promise's topic so far: its length, once closed."""
+        digits = ""
+        for token in reversed(self.topic or []):
+            value = self.tags.digit_value(token)
+            if value is None:
+                break
+            digits = str(value) + digits
+        return digits
 
     def _fail(self, reason: str) -> Malformed:
         self.failed = reason

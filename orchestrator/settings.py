@@ -62,23 +62,29 @@ class GenerateSettings(BaseSettings):
         )
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise InvalidRequestError(f"config file {path} does not exist")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise InvalidRequestError(f"{path} must hold a mapping of settings, not {type(values).__name__}")
+    return values
+
+
+def problems(err: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+
+
 def load_settings(preset: str | Path | None, cli: dict[str, Any]) -> GenerateSettings:
     """Merge a YAML preset, the environment and CLI values (None = not given on the CLI)."""
-    values: dict[str, Any] = {}
-    if preset is not None:
-        path = Path(preset)
-        if not path.exists():
-            raise InvalidRequestError(f"config file {path} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise InvalidRequestError(f"{path} must hold a mapping of settings, not {type(values).__name__}")
+    values = read_yaml(preset) if preset is not None else {}
     try:
         values.update(GenerateSettings().model_dump(exclude_unset=True))  # what the environment sets
         values.update({k: v for k, v in cli.items() if v is not None})
         return GenerateSettings.model_validate(values)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise InvalidRequestError(f"invalid settings: {problems}") from err
+        raise InvalidRequestError(f"invalid settings: {problems(err)}") from err
 
 
 class TrainSettings(BaseModel):
@@ -102,13 +108,9 @@ class TrainSettings(BaseModel):
 
 
 def load_train_settings(path: str | Path, overrides: dict[str, Any]) -> TrainSettings:
-    path = Path(path)
-    if not path.exists():
-        raise InvalidRequestError(f"config file {path} does not exist")
-    values = yaml.safe_load(path.read_text()) or {}
+    values = read_yaml(path)
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return TrainSettings.model_validate(values)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise InvalidRequestError(f"invalid training settings in {path}: {problems}") from err
+        raise InvalidRequestError(f"invalid training settings in {path}: {problems(err)}") from err

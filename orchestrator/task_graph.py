@@ -118,6 +118,10 @@ class TaskGraph:
 
     def final_text(self, text: str) -> list[Event]:
         """The rest of the answer once the result is known."""
+        return self._emit(text)
+
+    def _emit(self, text: str) -> list[Event]:
+        """Release what `text`, the final text so far, adds to what was released."""
         if text.startswith(self.emitted) and len(text) > len(self.emitted):
             delta, self.emitted = text[len(self.emitted):], text
             return [TextEvent(request_id=self.request_id, text=delta)]
@@ -144,8 +148,4 @@ class TaskGraph:
                 if job.content is None:
                     break
                 ids = ids + [tags.span_open, *job.content, tags.span_close]
-        text = self.codec.text(ids)
-        if text.startswith(self.emitted) and len(text) > len(self.emitted):
-            delta, self.emitted = text[len(self.emitted):], text
-            return [TextEvent(request_id=self.request_id, text=delta)]
-        return []
+        return self._emit(self.codec.text(ids))
