@@ -1,0 +1,629 @@
+"""The synthetic task's four families of examples, drawn from word pools and sentence templates.
+
+Each maker takes a `random.Random` and returns one `Example`, or raises `Retry` when a draw does not
+meet its own constraint. Splits, validity checks, annotation and scoring live in synthetic.py.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+class Retry(Exception):
+    """The draw did not meet a constraint; draw again."""
+
+
+@dataclass
+class Round:
+    """One planning round: optional plain AR text (`lead`), then spans as (topic, text) pairs."""
+
+    spans: list[tuple[str, str]] = field(default_factory=list)
+    lead: str = ""
+
+
+@dataclass
+class Example:
+    family: str
+    prompt: str
+    rounds: list[Round]
+    facts: list[str]
+    final: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Word pools
+
+FEMALE = ["Maya", "Clara", "Nina", "Sofia", "Elena", "Hannah", "Lucy", "Iris", "Zoe", "Amara", "Greta",
+          "Ingrid", "Leila", "Priya", "Rosa", "Tessa", "Yara", "Alice", "Beatrix", "Daphne", "Freya",
+          "Helga", "Jasmine", "Kira", "Lena", "Mira", "Noor", "Olga", "Paula", "Ruth", "Selma", "Vera"]
+MALE = ["Tom", "Leo", "Omar", "Felix", "Hugo", "Ivan", "Jonas", "Kenji", "Luca", "Marco", "Nils",
+        "Oscar", "Pablo", "Rafael", "Samir", "Theo", "Victor", "Arjun", "Bruno", "Caleb", "Dmitri",
+        "Emil", "Farid", "Gustav", "Henrik", "Idris", "Jakob", "Karim", "Lars", "Mateo", "Noah", "Otto"]
+SURNAMES = ["Chen", "Novak", "Okafor", "Silva", "Berg", "Moreau", "Tanaka", "Kowalski", "Haddad",
+            "Lindqvist", "Rossi", "Mendez", "Petrov", "Nakamura", "Fischer", "Osei", "Varga", "Quinn",
+            "Dubois", "Larsen", "Ibrahim", "Costa", "Weber", "Sato", "Brennan", "Alvarez", "Kaur", "Holm"]
+SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "dor", "sa", "li", "tu", "ne", "zo", "bri", "an", "el",
+             "mar", "tho", "wyn", "fa", "ri", "os", "ta", "quel", "ber", "ni", "so", "va", "del", "ju"]
+CITIES = ["Oslo", "Lima", "Lisbon", "Nairobi", "Kyoto", "Dublin", "Porto", "Quito", "Hanoi", "Tunis",
+          "Bergen", "Krakow", "Leeds", "Seville", "Austin", "Denver", "Perth", "Cork", "Accra", "Bogota",
+          "Cusco", "Graz", "Malmo", "Riga", "Tallinn", "Zagreb", "Lyon", "Bruges", "Osaka", "Madras",
+          "Halifax", "Boise", "Tucson", "Geneva", "Naples", "Turin", "Ghent", "Basel", "Aarhus", "Split"]
+JOBS = ["nurse", "engineer", "teacher", "baker", "pilot", "architect", "librarian", "carpenter", "chef",
+        "dentist", "farmer", "journalist", "lawyer", "mechanic", "painter", "pharmacist", "plumber",
+        "translator", "veterinarian", "electrician", "gardener", "accountant", "photographer", "tailor",
+        "surgeon", "geologist", "florist", "optician", "barber", "potter", "editor", "astronomer"]
+HOBBIES = ["playing chess", "painting", "hiking", "baking bread", "gardening", "swimming",
+           "reading novels", "knitting", "playing the piano", "bird watching", "rock climbing", "cycling",
+           "fishing", "writing poems", "collecting stamps", "running", "cooking", "dancing", "sailing",
+           "taking photos", "playing the guitar", "doing yoga", "skiing", "solving puzzles", "surfing"]
+PETS = ["dog", "cat", "parrot", "rabbit", "tortoise", "hamster", "goldfish", "pony", "ferret", "lizard"]
+PRODUCTS = ["bicycles", "garden tools", "toy trains", "solar panels", "wool sweaters", "coffee machines",
+            "violins", "running shoes", "board games", "kitchen knives", "paper lanterns", "ceramic tiles",
+            "rain boots", "desk lamps", "sailboats", "chocolate bars", "wooden chairs", "fishing rods"]
+COMPANY_SUFFIX = ["Labs", "Works", "Industries", "Group", "Studio", "Company", "Systems", "Trading"]
+UNITS = ["stamps", "coins", "marbles", "books", "shells", "stickers", "points", "apples", "cards",
+         "pencils", "badges", "postcards", "seeds", "buttons"]
+ITEMS = [("pen", "pens"), ("notebook", "notebooks"), ("mug", "mugs"), ("lamp", "lamps"),
+         ("scarf", "scarves"), ("candle", "candles"), ("kite", "kites"), ("map", "maps"), ("cup", "cups"),
+         ("hat", "hats"), ("ball", "balls"), ("brush", "brushes"), ("basket", "baskets"),
+         ("towel", "towels"), ("clock", "clocks"), ("plate", "plates"), ("puzzle", "puzzles")]
+CURRENCIES = ["dollars", "euros", "coins", "francs", "pounds"]
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December"]
+WORDS = ["garden", "window", "pencil", "rocket", "silver", "harbor", "lantern", "meadow", "thunder",
+         "cabinet", "river", "orange", "blanket", "compass", "island", "mirror", "planet", "teapot",
+         "village", "whistle", "bridge", "candle", "forest", "ladder", "marble", "pocket", "saddle"]
+
+
+def _article(word: str) -> str:
+    return "an" if word[0].lower() in "aeiou" else "a"
+
+
+def _age_article(age: int) -> str:
+    return "an" if age in (8, 11, 18) or 80 <= age <= 89 else "a"
+
+
+def _join(parts: list[str], rng: random.Random) -> str:
+    if len(parts) == 1:
+        return parts[0]
+    conj = rng.choice([" and ", ", and "]) if len(parts) > 2 else " and "
+    return ", ".join(parts[:-1]) + conj + parts[-1]
+
+
+def _cap(s: str) -> str:
+    return s[0].upper() + s[1:]
+
+
+def _invented(rng: random.Random) -> str:
+    return _cap("".join(rng.choice(SYLLABLES) for _ in range(rng.choice([2, 2, 3]))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Entities (people, companies) and their attributes
+
+@dataclass
+class _Entity:
+    kind: str  # "person" | "company"
+    name: str
+    pronoun: str  # "She", "He", "It"
+    attrs: dict[str, int | str]
+
+
+# Per attribute: clauses for the prompt (verb phrases after the subject), compact descriptors for
+# list-style prompts, and clauses for the answer. {v} is the value, {av} the value with its article.
+_PERSON_ATTRS: dict[str, dict[str, list[str]]] = {
+    "age": {
+        "clause": ["is {v} years old", "is {v}", "is aged {v}", "has just turned {v}"],
+        "list": ["{v} years old", "age {v}", "aged {v}"],
+        "answer": ["is {v} years old", "is {v}", "is aged {v}"],
+    },
+    "city": {
+        "clause": ["lives in {v}", "is based in {v}", "comes from {v}", "resides in {v}", "calls {v} home"],
+        "list": ["lives in {v}", "from {v}", "based in {v}", "home: {v}"],
+        "answer": ["lives in {v}", "is based in {v}", "resides in {v}", "calls {v} home", "makes a home in {v}"],
+    },
+    "job": {
+        "clause": ["works as {av}", "is {av}", "has a job as {av}", "earns a living as {av}",
+                   "is employed as {av}"],
+        "list": ["{v}", "works as {av}", "job: {v}"],
+        "answer": ["works as {av}", "is {av}", "has a job as {av}", "earns a living as {av}"],
+    },
+    "hobby": {
+        "clause": ["enjoys {v}", "likes {v}", "loves {v}", "spends weekends {v}"],
+        "list": ["enjoys {v}", "hobby: {v}", "likes {v}"],
+        "answer": ["enjoys {v}", "likes {v}", "loves {v}", "spends free time {v}"],
+    },
+    "pet": {
+        "clause": ["has {av}", "owns {av}", "keeps {av} at home"],
+        "list": ["has {av}", "owns {av}", "pet: {v}"],
+        "answer": ["has {av}", "owns {av}", "keeps {av} as a pet"],
+    },
+}
+_COMPANY_ATTRS: dict[str, dict[str, list[str]]] = {
+    "founded": {
+        "clause": ["was founded in {v}", "dates back to {v}", "opened in {v}", "has existed since {v}"],
+        "list": ["founded in {v}", "since {v}", "established {v}"],
+        "answer": ["was founded in {v}", "dates back to {v}", "has existed since {v}", "opened in {v}"],
+    },
+    "city": {
+        "clause": ["is based in {v}", "has its headquarters in {v}", "is located in {v}"],
+        "list": ["based in {v}", "headquarters in {v}", "in {v}"],
+        "answer": ["is based in {v}", "has its headquarters in {v}", "is located in {v}"],
+    },
+    "product": {
+        "clause": ["makes {v}", "sells {v}", "produces {v}"],
+        "list": ["makes {v}", "sells {v}", "product: {v}"],
+        "answer": ["makes {v}", "sells {v}", "produces {v}", "is known for its {v}"],
+    },
+    "staff": {
+        "clause": ["employs {v} people", "has {v} employees", "has a staff of {v}"],
+        "list": ["{v} employees", "{v} staff", "staff of {v}"],
+        "answer": ["employs {v} people", "has {v} employees", "has a staff of {v}"],
+    },
+}
+
+
+def _attrs_table(kind: str) -> dict[str, dict[str, list[str]]]:
+    return _PERSON_ATTRS if kind == "person" else _COMPANY_ATTRS
+
+
+def _fill(template: str, value: int | str) -> str:
+    v = str(value)
+    return template.format(v=v, av=f"{_article(v)} {v}")
+
+
+def _entities(rng: random.Random, kind: str, n: int, n_attrs: int, required: str) -> list[_Entity]:
+    """n entities of one kind with distinct names and distinct values per attribute."""
+    table = _attrs_table(kind)
+    optional = [k for k in table if k != required]
+    keys = [required, *rng.sample(optional, n_attrs - 1)]
+    names: list[str] = []
+    pronouns: list[str] = []
+    while len(names) < n:
+        if kind == "person":
+            female = rng.random() < 0.5
+            first = rng.choice(FEMALE if female else MALE) if rng.random() < 0.75 else _invented(rng)
+            r = rng.random()
+            name = first if r < 0.45 else f"{first} {rng.choice(SURNAMES)}" if r < 0.85 else f"{first} {_invented(rng)}"
+            pronoun = "She" if female else "He"
+        else:
+            base = _invented(rng) if rng.random() < 0.6 else rng.choice(SURNAMES)
+            name = f"{base} {rng.choice(COMPANY_SUFFIX)}"
+            pronoun = "It"
+        first_word = name.split()[0]
+        if any(first_word == other.split()[0] for other in names):
+            continue
+        names.append(name)
+        pronouns.append(pronoun)
+    values: dict[str, list[int | str]] = {}
+    for key in keys:
+        if key == "age":
+            values[key] = rng.sample(range(19, 90), n)
+        elif key == "founded":
+            values[key] = rng.sample(range(1850, 2021), n)
+        elif key == "staff":
+            values[key] = rng.sample(range(12, 990), n)
+        else:
+            pool = {"city": CITIES, "job": JOBS, "hobby": HOBBIES, "pet": PETS, "product": PRODUCTS}[key]
+            values[key] = rng.sample(pool, n)
+    return [_Entity(kind, names[i], pronouns[i], {k: values[k][i] for k in keys}) for i in range(n)]
+
+
+def _describe_prompt(rng: random.Random, entities: list[_Entity], bullets: bool = True) -> str:
+    """The facts of the prompt, in one of four layouts."""
+    table = _attrs_table(entities[0].kind)
+    style = rng.choice(["sentence", "split", "list", "by_attribute"])
+    if style == "by_attribute":
+        keys = list(entities[0].attrs)
+        rng.shuffle(keys)
+        sentences = []
+        for key in keys:
+            parts = [f"{e.name} {_fill(rng.choice(table[key]['clause']), e.attrs[key])}" for e in entities]
+            sentences.append(_join(parts, rng) + ".")
+        return " ".join(sentences)
+    out = []
+    bullet = rng.choice(["", "- "]) if bullets else ""
+    for e in entities:
+        keys = list(e.attrs)
+        rng.shuffle(keys)
+        if style == "list":
+            descriptors = [_fill(rng.choice(table[k]["list"]), e.attrs[k]) for k in keys]
+            out.append(f"{bullet}{e.name}: {', '.join(descriptors)}.")
+        elif style == "sentence":
+            clauses = [_fill(rng.choice(table[k]["clause"]), e.attrs[k]) for k in keys]
+            out.append(f"{e.name} {_join(clauses, rng)}.")
+        else:
+            cut = rng.randint(1, max(1, len(keys) - 1))
+            first = [_fill(rng.choice(table[k]["clause"]), e.attrs[k]) for k in keys[:cut]]
+            rest = [_fill(rng.choice(table[k]["clause"]), e.attrs[k]) for k in keys[cut:]]
+            text = f"{e.name} {_join(first, rng)}."
+            if rest:
+                subject = e.pronoun if rng.random() < 0.7 else e.name.split()[0]
+                text += f" {subject} {_join(rest, rng)}."
+            out.append(text)
+    sep = "\n" if style == "list" and bullet else " "
+    return sep.join(out)
+
+
+def _describe_answer(rng: random.Random, e: _Entity) -> str:
+    """One span: the entity with every fact restated."""
+    table = _attrs_table(e.kind)
+    keys = list(e.attrs)
+    rng.shuffle(keys)
+    if e.kind == "person" and "age" in keys and "job" in keys and rng.random() < 0.35:
+        age, job = e.attrs["age"], e.attrs["job"]
+        head = f"{e.name} is {_age_article(int(age))} {age}-year-old {job}"
+        rest = [_fill(rng.choice(table[k]["answer"]), e.attrs[k]) for k in keys if k not in ("age", "job")]
+        if not rest:
+            return head + "."
+        if rng.random() < 0.5:
+            return f"{head} who {_join(rest, rng)}."
+        return f"{head}. {e.pronoun} {_join(rest, rng)}."
+    clauses = [_fill(rng.choice(table[k]["answer"]), e.attrs[k]) for k in keys]
+    if len(clauses) >= 4 and rng.random() < 0.5:
+        cut = len(clauses) // 2
+        return f"{e.name} {_join(clauses[:cut], rng)}. {e.pronoun} {_join(clauses[cut:], rng)}."
+    return f"{e.name} {_join(clauses, rng)}."
+
+
+def _entity_facts(e: _Entity) -> list[str]:
+    return [e.name, *(str(v) for v in e.attrs.values())]
+
+
+_NOUNS = {"person": ("person", "people"), "company": ("company", "companies")}
+
+
+def _profile_instruction(rng: random.Random, kind: str, n: int) -> tuple[str, str]:
+    one, many = _NOUNS[kind]
+    intro = rng.choice([f"Here are some {many}.", f"Consider these {NUMBER_WORDS[n]} {many}.",
+                        f"Some facts about {NUMBER_WORDS[n]} {many}:", f"Read about these {many}.", ""])
+    ask = rng.choice([f"Describe each {one}.", "Write a short profile of each of them.",
+                      f"Tell me about each {one}.", "Summarize what we know about each one.",
+                      f"Give a brief description of every {one} mentioned.",
+                      f"Write one short paragraph per {one}.", "Describe them one by one."])
+    return intro, ask
+
+
+def _profile_setup(rng: random.Random, n: int) -> list[_Entity]:
+    kind = "person" if rng.random() < 0.7 else "company"
+    required = "age" if kind == "person" else rng.choice(["founded", "staff"])
+    max_attrs = {2: 4, 3: 3, 4: 3}[n]
+    n_attrs = rng.randint(2 if n >= 3 else 3, max_attrs)
+    return _entities(rng, kind, n, n_attrs, required)
+
+
+def _profiles(rng: random.Random) -> Example:
+    n = rng.randint(2, 4)
+    entities = _profile_setup(rng, n)
+    intro, ask = _profile_instruction(rng, entities[0].kind, n)
+    facts_text = _describe_prompt(rng, entities)
+    prompt = _compose(rng, intro, facts_text, ask)
+    spans = [(e.name, _describe_answer(rng, e)) for e in entities]
+    facts = [f for e in entities for f in _entity_facts(e)]
+    return Example("profiles", prompt, [Round(spans)], facts)
+
+
+def _compose(rng: random.Random, intro: str, body: str, ask: str) -> str:
+    if rng.random() < 0.3:
+        parts = [ask, intro, body] if intro else [ask, body]
+    else:
+        parts = [intro, body, ask] if intro else [body, ask]
+    return " ".join(parts) if "\n" not in body else "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sub-questions over a small table
+
+def _owners_table(rng: random.Random, n: int):
+    names = rng.sample(FEMALE + MALE, n)
+    values = rng.sample(range(2, 60), n)
+    unit = rng.choice(UNITS)
+    style = rng.randrange(4)
+    if style == 0:
+        body = _join([f"{x} has {v} {unit}" if i == 0 or rng.random() < 0.5 else f"{x} has {v}"
+                      for i, (x, v) in enumerate(zip(names, values))], rng) + "."
+    elif style == 1:
+        body = f"{_cap(unit[:-1] if unit.endswith('s') else unit)} counts: " + ", ".join(
+            f"{x} {v}" for x, v in zip(names, values)) + "."
+    elif style == 2:
+        verb = rng.choice(["owns", "has", "collected"])
+        body = " ".join(f"{x} {verb} {v} {unit}." for x, v in zip(names, values))
+    else:
+        body = "After counting, " + _join([f"{x} ends up with {v}" for x, v in zip(names, values)], rng) + f" {unit}."
+    return names, values, unit, body
+
+
+def _owner_question(rng: random.Random, kind: str, names, values, unit):
+    """(question, topic, answer sentence, fact) or None when the kind does not fit the table."""
+    v = dict(zip(names, values))
+    if kind == "lookup":
+        x = rng.choice(names)
+        q = rng.choice([f"How many {unit} does {x} have?", f"What is {x}'s number of {unit}?"])
+        a = rng.choice([f"{x} has {v[x]} {unit}.", f"The number of {unit} {x} has is {v[x]}."])
+        return q, x, a, str(v[x])
+    if kind in ("sum", "diff", "compare"):
+        x, y = rng.sample(names, 2)
+        if kind == "sum":
+            s = v[x] + v[y]
+            q = rng.choice([f"How many {unit} do {x} and {y} have together?",
+                            f"What is the total number of {unit} of {x} and {y}?",
+                            f"Combined, how many {unit} do {x} and {y} have?"])
+            a = rng.choice([f"{x} and {y} have {s} {unit} together.", f"Together, {x} and {y} have {s} {unit}.",
+                            f"Combined, {x} and {y} have {s} {unit}."])
+            return q, f"{x} and {y}", a, str(s)
+        if kind == "diff":
+            if v[x] < v[y]:
+                x, y = y, x
+            d = v[x] - v[y]
+            q = rng.choice([f"How many more {unit} does {x} have than {y}?",
+                            f"By how many {unit} does {x} lead {y}?"])
+            a = rng.choice([f"{x} has {d} more {unit} than {y}.", f"{x} leads {y} by {d} {unit}."])
+            return q, f"{x} versus {y}", a, str(d)
+        q = rng.choice([f"Does {x} have more {unit} than {y}?", f"Is it true that {x} has more {unit} than {y}?"])
+        if v[x] > v[y]:
+            a = rng.choice([f"Yes, {x} has more {unit} than {y}.", f"Yes, {x} is ahead of {y}."])
+            return q, f"{x} or {y}", a, "yes"
+        a = rng.choice([f"No, {x} has fewer {unit} than {y}.", f"No, {x} is behind {y}."])
+        return q, f"{x} or {y}", a, "no"
+    if kind in ("most", "fewest"):
+        best = max(names, key=v.get) if kind == "most" else min(names, key=v.get)
+        q = rng.choice([f"Who has the {kind} {unit}?", f"Which person has the {kind} {unit}?"])
+        a = rng.choice([f"{best} has the {kind} {unit}.", f"The {kind} {unit} belong to {best}."])
+        return q, f"{kind} {unit}", a, best
+    if kind == "double":
+        x = rng.choice(names)
+        q = rng.choice([f"If {x} doubled the {unit}, how many would {x} have?",
+                        f"How many {unit} would {x} have with twice as many?"])
+        a = rng.choice([f"{x} would have {2 * v[x]} {unit}.", f"Twice as many would give {x} {2 * v[x]} {unit}."])
+        return q, f"{x} doubled", a, str(2 * v[x])
+    raise ValueError(kind)
+
+
+def _prices_table(rng: random.Random, n: int):
+    items = rng.sample(ITEMS, n)
+    prices = rng.sample(range(2, 40), n)
+    cur = rng.choice(CURRENCIES)
+    style = rng.randrange(3)
+    if style == 0:
+        place = rng.choice(["At the market", "In the shop", "At the fair", "In the store"])
+        body = f"{place}, " + _join([f"{_article(s)} {s} costs {p} {cur}" for (s, _), p in zip(items, prices)], rng) + "."
+    elif style == 1:
+        body = f"Price list in {cur}: " + ", ".join(f"{s} {p}" for (s, _), p in zip(items, prices)) + "."
+    else:
+        body = " ".join(f"One {s} sells for {p} {cur}." for (s, _), p in zip(items, prices))
+    return items, prices, cur, body
+
+
+def _price_question(rng: random.Random, kind: str, items, prices, cur):
+    p = {s: price for (s, _), price in zip(items, prices)}
+    plural = dict(items)
+    singles = [s for s, _ in items]
+    if kind == "lookup":
+        s = rng.choice(singles)
+        q = rng.choice([f"How much does {_article(s)} {s} cost?", f"What is the price of {_article(s)} {s}?"])
+        a = rng.choice([f"{_cap(_article(s))} {s} costs {p[s]} {cur}.", f"The {s} is priced at {p[s]} {cur}."])
+        return q, f"the {s}", a, str(p[s])
+    if kind == "sum":
+        s, t = rng.sample(singles, 2)
+        q = rng.choice([f"What do {_article(s)} {s} and {_article(t)} {t} cost together?",
+                        f"How much would {_article(s)} {s} plus {_article(t)} {t} cost?"])
+        a = rng.choice([f"{_cap(_article(s))} {s} and {_article(t)} {t} cost {p[s] + p[t]} {cur} together.",
+                        f"Together, {_article(s)} {s} and {_article(t)} {t} cost {p[s] + p[t]} {cur}."])
+        return q, f"{s} and {t}", a, str(p[s] + p[t])
+    if kind == "multiple":
+        s = rng.choice(singles)
+        k = rng.randint(2, 6)
+        q = rng.choice([f"How much do {NUMBER_WORDS[k]} {plural[s]} cost?",
+                        f"What is the price of {NUMBER_WORDS[k]} {plural[s]}?"])
+        a = rng.choice([f"{_cap(NUMBER_WORDS[k])} {plural[s]} cost {k * p[s]} {cur}.",
+                        f"Buying {NUMBER_WORDS[k]} {plural[s]} costs {k * p[s]} {cur}."])
+        return q, f"{NUMBER_WORDS[k]} {plural[s]}", a, str(k * p[s])
+    if kind == "diff":
+        s, t = rng.sample(singles, 2)
+        if p[s] < p[t]:
+            s, t = t, s
+        q = rng.choice([f"How much more does {_article(s)} {s} cost than {_article(t)} {t}?"])
+        a = rng.choice([f"{_cap(_article(s))} {s} costs {p[s] - p[t]} {cur} more than {_article(t)} {t}.",
+                        f"The {s} is {p[s] - p[t]} {cur} dearer than the {t}."])
+        return q, f"{s} versus {t}", a, str(p[s] - p[t])
+    if kind in ("most", "fewest"):
+        best = max(singles, key=p.get) if kind == "most" else min(singles, key=p.get)
+        word = "most expensive" if kind == "most" else "cheapest"
+        q = rng.choice([f"Which item is the {word}?", f"What is the {word} item?"])
+        a = rng.choice([f"The {best} is the {word}.", f"The {word} item is the {best}."])
+        return q, word, a, best
+    raise ValueError(kind)
+
+
+def _ask_list(rng: random.Random, questions: list[str]) -> str:
+    style = rng.randrange(3)
+    if style == 0:
+        return " ".join(questions)
+    if style == 1:
+        return " ".join(f"{i + 1}) {q}" for i, q in enumerate(questions))
+    return rng.choice(["Please answer: ", "Questions: ", "Answer each of these: "]) + " ".join(questions)
+
+
+def _subquestions(rng: random.Random) -> Example:
+    k = rng.randint(2, 4)
+    if rng.random() < 0.5:
+        names, values, unit, body = _owners_table(rng, rng.randint(max(2, k - 1), 4))
+        kinds = ["lookup", "sum", "diff", "compare", "most", "fewest", "double"]
+        picked = [rng.choice(kinds) for _ in range(k)]
+        qs = [_owner_question(rng, kd, names, values, unit) for kd in picked]
+    else:
+        items, prices, cur, body = _prices_table(rng, rng.randint(max(2, k - 1), 4))
+        kinds = ["lookup", "sum", "multiple", "diff", "most", "fewest"]
+        picked = [rng.choice(kinds) for _ in range(k)]
+        qs = [_price_question(rng, kd, items, prices, cur) for kd in picked]
+    prompt = f"{body} {_ask_list(rng, [q for q, _, _, _ in qs])}"
+    spans = [(topic, a) for _, topic, a, _ in qs]
+    return Example("subquestions", prompt, [Round(spans)], [f for _, _, _, f in qs])
+
+
+# ----------------------------------------------------------------------------------------------
+# Join: spans, then one sentence that depends on them
+
+def _join_profiles(rng: random.Random) -> Example:
+    n = rng.randint(2, 4)
+    entities = _profile_setup(rng, n)
+    kind = entities[0].kind
+    key = "age" if kind == "person" else rng.choice([k for k in ("founded", "staff") if k in entities[0].attrs])
+    intro, ask = _profile_instruction(rng, kind, n)
+    vals = {e.name: int(e.attrs[key]) for e in entities}
+    goal = rng.choice(["max", "min", "sum"])
+    if key == "age":
+        if goal == "max":
+            x = max(vals, key=vals.get)
+            q = rng.choice(["Then say who is the oldest.", "Finally, who is the oldest?", "Also tell me who is oldest."])
+            final, sentence = x, rng.choice([f"{x} is the oldest of them.", f"The oldest is {x}, at {vals[x]}.",
+                                             f"Of them all, {x} is the oldest."])
+        elif goal == "min":
+            x = min(vals, key=vals.get)
+            q = rng.choice(["Then say who is the youngest.", "Finally, who is the youngest?", "Also tell me who is youngest."])
+            final, sentence = x, rng.choice([f"{x} is the youngest of them.", f"The youngest is {x}, at {vals[x]}.",
+                                             f"Of them all, {x} is the youngest."])
+        else:
+            s = sum(vals.values())
+            q = rng.choice(["Finally, add up their ages.", "Then give the sum of their ages.",
+                            "What is their combined age?"])
+            final, sentence = str(s), rng.choice([f"Together their ages add up to {s}.",
+                                                  f"Their combined age is {s} years.", f"Their ages sum to {s}."])
+        topic = {"max": "oldest", "min": "youngest", "sum": "total age"}[goal]
+    elif key == "founded":
+        goal = rng.choice(["max", "min"])
+        x = (min if goal == "max" else max)(vals, key=vals.get)  # oldest = earliest year
+        word = "oldest" if goal == "max" else "newest"
+        q = rng.choice([f"Then say which company is the {word}.", f"Finally, which one is {word}?"])
+        final, sentence = x, rng.choice([f"{x} is the {word} of them.", f"The {word} company is {x}."])
+        topic = word
+    else:
+        if goal == "sum":
+            s = sum(vals.values())
+            q = rng.choice(["Finally, how many people do they employ in total?", "Then give their total staff."])
+            final, sentence = str(s), rng.choice([f"Together they employ {s} people.", f"Their total staff is {s}."])
+            topic = "total staff"
+        else:
+            x = (max if goal == "max" else min)(vals, key=vals.get)
+            word = "largest" if goal == "max" else "smallest"
+            q = rng.choice([f"Then say which company is the {word}.", f"Finally, which one has the {word} staff?"])
+            final, sentence = x, rng.choice([f"{x} is the {word} by staff.", f"The {word} company is {x}."])
+            topic = word
+    facts_text = _describe_prompt(rng, entities)
+    prompt = _compose(rng, intro, facts_text, f"{ask} {q}")
+    spans = [(e.name, _describe_answer(rng, e)) for e in entities]
+    facts = [f for e in entities for f in _entity_facts(e)]
+    return Example("join", prompt, [Round(spans), Round([(topic, sentence)])], facts, final)
+
+
+def _join_purchases(rng: random.Random) -> Example:
+    n = rng.randint(2, 4)
+    names = rng.sample(FEMALE + MALE, n)
+    items = rng.sample(ITEMS, n)
+    cur = rng.choice(CURRENCIES)
+    counts = [rng.randint(2, 9) for _ in range(n)]
+    prices = [rng.randint(2, 15) for _ in range(n)]
+    totals = [c * p for c, p in zip(counts, prices)]
+    verb = rng.choice(["buys", "orders", "picks up"])
+    body = " ".join(f"{x} {verb} {NUMBER_WORDS[c]} {pl} at {p} {cur} each."
+                    for x, (_, pl), c, p in zip(names, items, counts, prices))
+    goal = rng.choice(["sum", "max"])
+    if goal == "sum":
+        s = sum(totals)
+        q = rng.choice(["How much does each person spend, and how much is that altogether?",
+                        "Work out what each of them pays, then the total.",
+                        "What does each one spend, and what do they spend in total?"])
+        final = str(s)
+        sentence = rng.choice([f"Altogether they spend {s} {cur}.", f"In total that is {s} {cur}.",
+                               f"The grand total is {s} {cur}."])
+        topic = "total"
+    else:
+        if len(set(totals)) != len(totals):
+            raise Retry
+        x = names[totals.index(max(totals))]
+        q = rng.choice(["How much does each person spend, and who spends the most?",
+                        "Work out what each of them pays, then say who pays the most."])
+        final = x
+        sentence = rng.choice([f"{x} spends the most.", f"The biggest spender is {x}."])
+        topic = "biggest spender"
+    spans = []
+    for x, (_, pl), t in zip(names, items, totals):
+        spans.append((x, rng.choice([f"{x} spends {t} {cur} on {pl}.", f"{x} pays {t} {cur} for the {pl}.",
+                                     f"The {pl} cost {x} {t} {cur}."])))
+    prompt = f"{body} {q}" if rng.random() < 0.7 else f"{q} {body}"
+    return Example("join", prompt, [Round(spans), Round([(topic, sentence)])], [str(t) for t in totals], final)
+
+
+# ----------------------------------------------------------------------------------------------
+# Short: one plain sentence, no plan
+
+def _short(rng: random.Random) -> Example:
+    kind = rng.randrange(7)
+    if kind == 0:
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        op = rng.choice(["plus", "minus", "times"])
+        if op == "minus" and a < b:
+            a, b = b, a
+        if op == "times":
+            a, b = rng.randint(2, 12), rng.randint(2, 12)
+        r = a + b if op == "plus" else a - b if op == "minus" else a * b
+        prompt = rng.choice([f"What is {a} {op} {b}?", f"Compute {a} {op} {b}.", f"Quick one: {a} {op} {b}?"])
+        answer = rng.choice([f"{a} {op} {b} is {r}.", f"The answer is {r}.", f"It equals {r}."])
+        fact = str(r)
+    elif kind == 1:
+        a, b = rng.sample(range(2, 1000), 2)
+        big = rng.random() < 0.5
+        word = "larger" if big else "smaller"
+        prompt = rng.choice([f"Which is {word}, {a} or {b}?", f"Which number is {word}: {a} or {b}?"])
+        r = max(a, b) if big else min(a, b)
+        answer = rng.choice([f"The {word} number is {r}.", f"{r} is the {word} one."])
+        fact = str(r)
+    elif kind == 2:
+        w = rng.choice(WORDS + [_invented(rng).lower() for _ in range(3)])
+        prompt = rng.choice([f"How many letters are in the word '{w}'?", f"Count the letters in \"{w}\"."])
+        answer = rng.choice([f"The word {w} has {len(w)} letters.", f"It has {len(w)} letters."])
+        fact = str(len(w))
+    elif kind == 3:
+        seq, label = (DAYS, "day") if rng.random() < 0.5 else (MONTHS, "month")
+        i = rng.randrange(len(seq))
+        after = rng.random() < 0.5
+        j = (i + 1) % len(seq) if after else (i - 1) % len(seq)
+        rel = "after" if after else "before"
+        prompt = rng.choice([f"Which {label} comes {rel} {seq[i]}?", f"What {label} is {rel} {seq[i]}?"])
+        answer = rng.choice([f"The {label} {rel} {seq[i]} is {seq[j]}.", f"It is {seq[j]}."])
+        fact = seq[j]
+        prompt = f"{prompt}" if rng.random() < 0.5 else f"Short answer please. {prompt}"
+    elif kind == 4:
+        a = rng.randint(2, 999)
+        prompt = rng.choice([f"Is {a} even or odd?", f"Is the number {a} odd or even?"])
+        parity = "even" if a % 2 == 0 else "odd"
+        answer = rng.choice([f"{a} is {parity}.", f"It is {parity}."])
+        fact = parity
+    else:
+        e = _entities(rng, "person", 1, rng.randint(2, 3), "age")[0]
+        key = rng.choice([k for k in e.attrs if k != "age"] + ["age"])
+        body = _describe_prompt(rng, [e], bullets=False)
+        first = e.name.split()[0]
+        qs = {"age": f"How old is {first}?", "city": f"Where does {first} live?",
+              "job": f"What does {first} do for a living?", "hobby": f"What does {first} enjoy doing?",
+              "pet": f"What pet does {first} have?"}
+        prompt = f"{body} {qs[key]}" if rng.random() < 0.7 else f"{qs[key]} {body}"
+        v = e.attrs[key]
+        answers = {"age": f"{first} is {v} years old.", "city": f"{first} lives in {v}.",
+                   "job": f"{first} works as {_article(str(v))} {v}.", "hobby": f"{first} enjoys {v}.",
+                   "pet": f"{first} has {_article(str(v))} {v}."}
+        answer = answers[key]
+        fact = str(v)
+    return Example("short", prompt, [Round([], lead=answer)], [fact])
+
+
+MAKERS: dict[str, Callable[[random.Random], Example]] = {
+    "profiles": _profiles,
+    "subquestions": _subquestions,
+    "join": lambda rng: _join_profiles(rng) if rng.random() < 0.5 else _join_purchases(rng),
+    "short": _short,
+}
