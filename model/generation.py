@@ -16,13 +16,13 @@ from typing import Callable, Literal
 
 import torch
 
-from .errors import InvalidPlanError, InvalidRequestError, MalformedPlanError, PromptTooLongError
+from .errors import InvalidRequestError, MalformedPlanError, PromptTooLongError
 from .events import (
     DenoiseStep, Finished, PlanToken, RequestEvent, RoundJoined, RoundPlanned, SpanFilled, SpanInfo, SpanRetried,
 )
 from .layout import CAUSAL, Layout
 from .options import GenerationOptions
-from .plan_constraint import banned_plan_tokens, span_length
+from .plan_constraint import banned_plan_tokens, span_length, validate_plan
 from .plan_parser import Malformed, PlanParser, RoundEnd, SpanPromised
 from .tags import TagVocabulary
 from .unmasking import ThresholdSchedule, commit_count, diffusion_steps, filter_logits, next_token, propose, timesteps
@@ -486,42 +486,3 @@ class RequestState:
         self.phase = Phase.DONE
         self.finish_reason = reason
         self.events.append(Finished(reason, self.fallback))
-
-
-def validate_plan(plan: list[list[int]], tags: TagVocabulary, options: GenerationOptions) -> None:
-    """Check a caller-given plan: every round parses, only the last ends, bounds hold."""
-    if options.mode != "planned":
-        raise InvalidPlanError(f"a forced plan needs mode 'planned', not {options.mode!r}")
-    if not plan:
-        raise InvalidPlanError("the forced plan has no round")
-    if len(plan) > options.max_rounds:
-        raise InvalidPlanError(f"the forced plan has {len(plan)} rounds; max_rounds is {options.max_rounds}")
-    parser = PlanParser(tags)
-    for r, tokens in enumerate(plan):
-        parser.reset()
-        last = r == len(plan) - 1
-        if len(tokens) > options.max_plan_tokens:
-            raise InvalidPlanError(f"round {r} has {len(tokens)} tokens; max_plan_tokens is {options.max_plan_tokens}")
-        for i, token in enumerate(tokens):
-            event = parser.feed(token)
-            if isinstance(event, Malformed):
-                raise InvalidPlanError(f"round {r}: {event.reason}")
-            if isinstance(event, SpanPromised):
-                length = span_length(event.number, tags, options)
-                if length > options.max_span_length:
-                    raise InvalidPlanError(
-                        f"round {r}: span {event.index} promises {length} slots; max_span_length is "
-                        f"{options.max_span_length}"
-                    )
-                if event.index >= options.max_spans:
-                    raise InvalidPlanError(f"round {r} promises more than max_spans={options.max_spans} spans")
-            if isinstance(event, RoundEnd):
-                if i != len(tokens) - 1:
-                    raise InvalidPlanError(f"round {r}: tokens follow the round's end at index {i}")
-                if last and event.kind != "end":
-                    raise InvalidPlanError(f"round {r} is the last but ends with <sync/>, not an end token")
-                if not last and event.kind != "sync":
-                    raise InvalidPlanError(f"round {r} ends the answer but more rounds follow")
-                break
-        else:
-            raise InvalidPlanError(f"round {r} does not end with <sync/> or an end token")

@@ -1,4 +1,5 @@
-"""Constrained planning: the token ids the planner may not write next, so that every plan parses.
+"""Constrained planning: the token ids the planner may not write next, so that every plan parses;
+and the same bounds checked on a plan the caller forces (`validate_plan`).
 
 Outside a promise: no ``</topic>``, span tag, ``[PAD]`` or mask; no new promise once the round holds
 `max_spans`; no ``<sync/>`` in the request's last allowed round. Inside a promise: no tag or end
@@ -8,8 +9,9 @@ token; ``</topic>`` only after a length; no digit that would make the length exc
 
 from __future__ import annotations
 
+from .errors import InvalidPlanError
 from .options import GenerationOptions
-from .plan_parser import PlanParser
+from .plan_parser import Malformed, PlanParser, RoundEnd, SpanPromised
 from .tags import TagVocabulary
 
 
@@ -36,3 +38,42 @@ def banned_plan_tokens(parser: PlanParser, round_index: int, options: Generation
         if span_length(int(trailing + str(digit)), tags, options) > options.max_span_length:
             banned.append(token)
     return banned
+
+
+def validate_plan(plan: list[list[int]], tags: TagVocabulary, options: GenerationOptions) -> None:
+    """Check a caller-given plan: every round parses, only the last ends, bounds hold."""
+    if options.mode != "planned":
+        raise InvalidPlanError(f"a forced plan needs mode 'planned', not {options.mode!r}")
+    if not plan:
+        raise InvalidPlanError("the forced plan has no round")
+    if len(plan) > options.max_rounds:
+        raise InvalidPlanError(f"the forced plan has {len(plan)} rounds; max_rounds is {options.max_rounds}")
+    parser = PlanParser(tags)
+    for r, tokens in enumerate(plan):
+        parser.reset()
+        last = r == len(plan) - 1
+        if len(tokens) > options.max_plan_tokens:
+            raise InvalidPlanError(f"round {r} has {len(tokens)} tokens; max_plan_tokens is {options.max_plan_tokens}")
+        for i, token in enumerate(tokens):
+            event = parser.feed(token)
+            if isinstance(event, Malformed):
+                raise InvalidPlanError(f"round {r}: {event.reason}")
+            if isinstance(event, SpanPromised):
+                length = span_length(event.number, tags, options)
+                if length > options.max_span_length:
+                    raise InvalidPlanError(
+                        f"round {r}: span {event.index} promises {length} slots; max_span_length is "
+                        f"{options.max_span_length}"
+                    )
+                if event.index >= options.max_spans:
+                    raise InvalidPlanError(f"round {r} promises more than max_spans={options.max_spans} spans")
+            if isinstance(event, RoundEnd):
+                if i != len(tokens) - 1:
+                    raise InvalidPlanError(f"round {r}: tokens follow the round's end at index {i}")
+                if last and event.kind != "end":
+                    raise InvalidPlanError(f"round {r} is the last but ends with <sync/>, not an end token")
+                if not last and event.kind != "sync":
+                    raise InvalidPlanError(f"round {r} ends the answer but more rounds follow")
+                break
+        else:
+            raise InvalidPlanError(f"round {r} does not end with <sync/> or an end token")
