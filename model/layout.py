@@ -58,10 +58,11 @@ def allowed(
     k_region: torch.Tensor,
     k_epoch: torch.Tensor,
 ) -> torch.Tensor:
-    """Boolean [Tq, Tk]: True where query i may attend to key j. All inputs are 1-D long tensors."""
-    same_region = (q_region[:, None] == k_region[None, :]) & (k_region[None, :] != CAUSAL)
-    earlier = k_pos[None, :] <= q_pos[:, None]
-    visible = (k_region[None, :] == CAUSAL) | (k_epoch[None, :] < q_epoch[:, None])
+    """Boolean [..., Tq, Tk]: True where query i may attend to key j. Inputs are long tensors of
+    shape [T] or, for a batch of sequences, [B, T] (positions may stay [T])."""
+    same_region = (q_region[..., :, None] == k_region[..., None, :]) & (k_region[..., None, :] != CAUSAL)
+    earlier = k_pos[..., None, :] <= q_pos[..., :, None]
+    visible = (k_region[..., None, :] == CAUSAL) | (k_epoch[..., None, :] < q_epoch[..., :, None])
     return same_region | (earlier & visible)
 
 

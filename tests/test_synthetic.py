@@ -10,7 +10,7 @@ from plandiff.model.plan_parser import Malformed, PlanParser, RoundEnd, SpanProm
 from plandiff.model.result import strip_tags
 from plandiff.model.tags import TagProfile, TagVocabulary
 from plandiff.model.training.synthetic import (
-    FAMILIES, Example, ar_completion, completion, make_split, score,
+    FAMILIES, MAX_PROMPT_WORDS, Example, ar_completion, completion, make_split, score,
 )
 from plandiff.model.training.tokenizer import train_tokenizer
 
@@ -64,11 +64,13 @@ def test_families_and_structure(train_examples):
     for e in by_family["short"]:
         assert len(e.rounds) == 1 and e.rounds[0].spans == [] and e.rounds[0].lead
         assert e.final is None
-    for e in by_family["profiles"]:  # one span per entity, the topic is its name, every fact restated
+    for e in by_family["profiles"]:  # one span per entity, the topic its name's first word, every fact restated
+        topics = [topic for topic, _ in e.rounds[0].spans]
+        assert len(set(topics)) == len(topics)
         for topic, text in e.rounds[0].spans:
-            assert text.startswith(topic)
+            assert text.startswith(topic) and " " not in topic
     for e in train_examples:
-        assert len(e.prompt.split()) <= 60
+        assert len(e.prompt.split()) <= MAX_PROMPT_WORDS
         assert all(not re.search(r"\d", topic) for r in e.rounds for topic, _ in r.spans)
 
 

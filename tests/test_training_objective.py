@@ -9,7 +9,7 @@ from plandiff.model.layout import allowed
 from plandiff.model.network import DreamNetwork
 from plandiff.model.random_checkpoint import tiny_config
 from plandiff.model.training.objective import (
-    IGNORE, autoregressive_sequence, diffusion_sequence, loss, make_batch, planned_sequence,
+    IGNORE, autoregressive_sequence, diffusion_sequence, loss, make_batch, pack, planned_sequence,
 )
 
 PLAN = "<promise>-<topic>alpha 3</topic><promise>-<topic>beta 1</topic><sync/><promise>-<topic>gamma 1</topic><|im_end|>"
@@ -59,13 +59,27 @@ def test_labels_and_padding(compact):
 def test_noise_and_targets(compact):
     tags = compact.tags
     s = planned_sequence(compact.encode_prompt("x"), encode(compact, ANSWER), tags.end[0], tags)
-    batch = make_batch([s, s], tags.mask, tags.pad, torch.Generator().manual_seed(0))
+    batch = make_batch(pack([s, s], tags.pad), torch.arange(2), tags.mask, torch.Generator().manual_seed(0))
     masked = batch.targets != IGNORE
     assert masked.any()
     assert (batch.input_ids[masked] == tags.mask).all()
     clean = torch.tensor(s.tokens)
     assert torch.equal(batch.targets[0][masked[0]], clean[masked[0]])
     assert not set(torch.nonzero(masked[0]).flatten().tolist()) - set(s.slots)  # only slots are noised
+
+
+def test_batch_masks_are_the_layouts_and_hide_padding(compact):
+    tags = compact.tags
+    long = planned_sequence(compact.encode_prompt("x"), encode(compact, ANSWER), tags.end[0], tags)
+    short = autoregressive_sequence(compact.encode_prompt("y"), encode(compact, "Done."), tags.end[0])
+    batch = make_batch(pack([short, long], tags.pad), torch.tensor([0, 1]), tags.mask, torch.Generator())
+    for row, s in enumerate((short, long)):
+        n = len(s.tokens)
+        positions = torch.arange(n)
+        assert torch.equal(batch.mask[row, :n, :n], allowed(positions, *s.layout.tensors(), positions, *s.layout.tensors()))
+        assert not batch.mask[row, :n, n:].any()  # real queries never see padding
+        assert batch.mask[row, n:, n:].diagonal().all()  # a padding query sees at least itself
+    assert batch.input_ids.shape == (2, len(long.tokens))
 
 
 def test_a_few_steps_learn_each_mode(compact):
@@ -82,9 +96,10 @@ def test_a_few_steps_learn_each_mode(compact):
     for mode, sequence in sequences.items():
         optimizer = torch.optim.AdamW(network.parameters(), lr=3e-3)
         generator = torch.Generator().manual_seed(1)
+        data = pack([sequence], tags.pad)
         losses = []
         for _ in range(30):
-            batch = make_batch([sequence] * 4, tags.mask, tags.pad, generator)
+            batch = make_batch(data, torch.zeros(4, dtype=torch.long), tags.mask, generator)
             value, stats = loss(network, batch)
             optimizer.zero_grad()
             value.backward()

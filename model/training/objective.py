@@ -128,33 +128,65 @@ class Batch:
     slots: torch.Tensor  # [B]: maskable slots per sequence
 
 
-def make_batch(sequences: list[Sequence], mask_token: int, pad_token: int, generator: torch.Generator,
-               device: str | torch.device = "cpu") -> Batch:
-    """Noise each sequence's slots at its own t ~ U(ε, 1) and stack, right-padded."""
+# Right-padding gets a region of its own per position and an epoch after every real one: a padding
+# key is invisible to every real query, and a padding query sees itself (no empty softmax row).
+_PAD_REGION = 1 << 30
+_PAD_EPOCH = 1 << 30
+
+
+@dataclass
+class Packed:
+    """Sequences as right-padded tensors on the training device: a batch is a gather plus noise,
+    with no per-sequence Python work in the training loop."""
+
+    tokens: torch.Tensor  # [N, L]
+    ar_labels: torch.Tensor  # [N, L]
+    region: torch.Tensor  # [N, L]
+    epoch: torch.Tensor  # [N, L]
+    maskable: torch.Tensor  # [N, L] bool: diffusion slots
+    lengths: torch.Tensor  # [N]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def pack(sequences: list[Sequence], pad_token: int, device: str | torch.device = "cpu") -> Packed:
     length = max(len(s.tokens) for s in sequences)
-    b = len(sequences)
-    ids = torch.full((b, length), pad_token, dtype=torch.long)
-    ar = torch.full((b, length), IGNORE, dtype=torch.long)
-    targets = torch.full((b, length), IGNORE, dtype=torch.long)
-    mask = torch.zeros((b, length, length), dtype=torch.bool)
-    t = (1 - EPS) * torch.rand(b, generator=generator) + EPS
-    slots = torch.zeros(b)
-    positions = torch.arange(length)
+    padding = list(range(_PAD_REGION, _PAD_REGION + length))
+
+    def rows(get, fill) -> torch.Tensor:
+        return torch.tensor([get(s) + (fill if isinstance(fill, list) else [fill] * length)[len(s.tokens):]
+                             for s in sequences], dtype=torch.long)
+
+    maskable = torch.zeros((len(sequences), length), dtype=torch.bool)
     for i, s in enumerate(sequences):
-        n = len(s.tokens)
-        ids[i, :n] = torch.tensor(s.tokens)
-        ar[i, :n] = torch.tensor(s.ar_labels)
-        region, epoch = s.layout.tensors()
-        mask[i, :n, :n] = allowed(positions[:n], region, epoch, positions[:n], region, epoch)
-        mask[i, n:, n:] = torch.eye(length - n, dtype=torch.bool)  # padding sees itself only
-        if s.slots:
-            where = torch.tensor(s.slots)
-            noised = where[torch.rand(len(where), generator=generator) < t[i]]
-            targets[i, noised] = ids[i, noised]
-            ids[i, noised] = mask_token
-            slots[i] = len(where)
-    return Batch(ids.to(device), mask.to(device), ar.to(device), targets.to(device), (1 / t).to(device),
-                 slots.to(device))
+        maskable[i, s.slots] = True
+    return Packed(
+        rows(lambda s: s.tokens, pad_token).to(device), rows(lambda s: s.ar_labels, IGNORE).to(device),
+        rows(lambda s: s.layout.region, padding).to(device), rows(lambda s: s.layout.epoch, _PAD_EPOCH).to(device),
+        maskable.to(device), torch.tensor([len(s.tokens) for s in sequences], device=device),
+    )
+
+
+def make_batch(data: Packed, index: torch.Tensor, mask_token: int, generator: torch.Generator) -> Batch:
+    """Rows `index` of `data`, cut to their longest, each noised at its own t ~ U(ε, 1) (on the
+    generator's device, which must be the data's)."""
+    index = index.to(data.tokens.device)
+    length = int(data.lengths[index].max())
+    ids = data.tokens[index, :length]
+    region, epoch = data.region[index, :length], data.epoch[index, :length]
+    positions = torch.arange(length, device=ids.device)
+    t = (1 - EPS) * torch.rand(len(index), generator=generator, device=ids.device) + EPS
+    maskable = data.maskable[index, :length]
+    noised = maskable & (torch.rand(ids.shape, generator=generator, device=ids.device) < t[:, None])
+    return Batch(
+        input_ids=torch.where(noised, mask_token, ids),
+        mask=allowed(positions, region, epoch, positions, region, epoch),
+        ar_labels=data.ar_labels[index, :length],
+        targets=torch.where(noised, ids, IGNORE),
+        weights=1 / t,
+        slots=maskable.sum(dim=1).float(),
+    )
 
 
 def loss(network, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -11,7 +11,7 @@ from ..codec import TextCodec
 from ..config import DreamConfig
 from ..loading import load_tokenizer
 from ..tags import TagProfile, TagVocabulary
-from .synthetic import ar_completion, completion, make_split
+from .synthetic import Example, ar_completion, completion, make_split
 from .tokenizer import train_tokenizer
 from .trainer import Pair, TrainConfig, encode, train
 
@@ -25,29 +25,30 @@ class DataConfig:
     tokenizer: str | None = None  # reuse this tokenizer folder (so a twin shares the vocabulary)
 
 
-def build_tokenizer(data: DataConfig) -> PreTrainedTokenizerFast:
+def build_tokenizer(data: DataConfig, examples: list[Example]) -> PreTrainedTokenizerFast:
+    """The tokenizer `data` names, or one trained on `examples` (deterministic: the same examples
+    give the same vocabulary)."""
     if data.tokenizer:
         return load_tokenizer(Path(data.tokenizer))
-    examples = make_split("train", data.train, data.seed)
     texts = [e.prompt for e in examples] + [ar_completion(e) for e in examples]
     texts += [topic for e in examples for r in e.rounds for topic, _ in r.spans]
     return train_tokenizer(texts, data.vocab_size)
 
 
-def pairs(split: str, n: int, data: DataConfig, config: TrainConfig, tokenizer) -> list[Pair]:
-    examples = make_split(split, n, data.seed)
+def pairs(examples: list[Example], config: TrainConfig, tokenizer) -> list[Pair]:
     if config.mode == "planned":
         return [Pair(e.prompt, completion(e, tokenizer)) for e in examples]
     return [Pair(e.prompt, ar_completion(e)) for e in examples]
 
 
 def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str | None = None, log=None) -> dict:
-    tokenizer = build_tokenizer(data)
+    examples = make_split("train", data.train, data.seed)
+    tokenizer = build_tokenizer(data, examples)
     tags = TagVocabulary.from_tokenizer(tokenizer)
     codec = TextCodec(tokenizer, TagProfile(), tags)
-    train_set = encode(pairs("train", data.train, data, config, tokenizer), tokenizer, tags, config, codec.encode_prompt)
-    validation_set = encode(pairs("validation", data.validation, data, config, tokenizer), tokenizer, tags, config,
-                            codec.encode_prompt)
+    train_set = encode(pairs(examples, config, tokenizer), tokenizer, tags, config, codec.encode_prompt)
+    validation = make_split("validation", data.validation, data.seed)
+    validation_set = encode(pairs(validation, config, tokenizer), tokenizer, tags, config, codec.encode_prompt)
     vocab = max(tokenizer.get_vocab().values()) + 1
     network = DreamConfig(**{
         "vocab_size": -(-vocab // 64) * 64, "mask_token_id": tags.mask, "pad_token_id": tags.pad,

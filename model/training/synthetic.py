@@ -31,10 +31,10 @@ import re
 from .task_families import MAKERS, Example, Retry
 
 FAMILIES = ("profiles", "subquestions", "join", "short")
-DEFAULT_MIX = {"profiles": 0.3, "subquestions": 0.3, "join": 0.25, "short": 0.15}
+DEFAULT_MIX = {"profiles": 0.35, "subquestions": 0.2, "join": 0.3, "short": 0.15}
 SPLITS = ("train", "validation", "test")
-MAX_PROMPT_WORDS = 60
-MAX_SPAN_WORDS = 24
+MAX_PROMPT_WORDS = 110
+MAX_SPAN_WORDS = 40
 
 
 # ----------------------------------------------------------------------------------------------

@@ -270,6 +270,12 @@ def _describe_answer(rng: random.Random, e: _Entity) -> str:
     return f"{e.name} {_join(clauses, rng)}."
 
 
+def _topic(e: _Entity) -> str:
+    """A span's topic: the name's first word, unique among the entities (a plan token is a
+    sequential step, so topics stay short)."""
+    return e.name.split()[0]
+
+
 def _entity_facts(e: _Entity) -> list[str]:
     return [e.name, *(str(v) for v in e.attrs.values())]
 
@@ -291,8 +297,9 @@ def _profile_instruction(rng: random.Random, kind: str, n: int) -> tuple[str, st
 def _profile_setup(rng: random.Random, n: int) -> list[_Entity]:
     kind = "person" if rng.random() < 0.7 else "company"
     required = "age" if kind == "person" else rng.choice(["founded", "staff"])
-    max_attrs = {2: 4, 3: 3, 4: 3}[n]
-    n_attrs = rng.randint(2 if n >= 3 else 3, max_attrs)
+    # Every fact a span restates makes the span longer than its promise in the plan: long spans
+    # are where parallel denoising pays.
+    n_attrs = rng.randint(4, 5) if kind == "person" else 4
     return _entities(rng, kind, n, n_attrs, required)
 
 
@@ -302,7 +309,7 @@ def _profiles(rng: random.Random) -> Example:
     intro, ask = _profile_instruction(rng, entities[0].kind, n)
     facts_text = _describe_prompt(rng, entities)
     prompt = _compose(rng, intro, facts_text, ask)
-    spans = [(e.name, _describe_answer(rng, e)) for e in entities]
+    spans = [(_topic(e), _describe_answer(rng, e)) for e in entities]
     facts = [f for e in entities for f in _entity_facts(e)]
     return Example("profiles", prompt, [Round(spans)], facts)
 
@@ -352,8 +359,9 @@ def _owner_question(rng: random.Random, kind: str, names, values, unit):
             q = rng.choice([f"How many {unit} do {x} and {y} have together?",
                             f"What is the total number of {unit} of {x} and {y}?",
                             f"Combined, how many {unit} do {x} and {y} have?"])
-            a = rng.choice([f"{x} and {y} have {s} {unit} together.", f"Together, {x} and {y} have {s} {unit}.",
-                            f"Combined, {x} and {y} have {s} {unit}."])
+            a = rng.choice([f"{x} has {v[x]} and {y} has {v[y]}, so together they have {s} {unit}.",
+                            f"With {v[x]} and {v[y]} {unit}, {x} and {y} have {s} {unit} together.",
+                            f"{x} has {v[x]} {unit} and {y} has {v[y]}, which makes {s} combined."])
             return q, f"{x} and {y}", a, str(s)
         if kind == "diff":
             if v[x] < v[y]:
@@ -361,13 +369,15 @@ def _owner_question(rng: random.Random, kind: str, names, values, unit):
             d = v[x] - v[y]
             q = rng.choice([f"How many more {unit} does {x} have than {y}?",
                             f"By how many {unit} does {x} lead {y}?"])
-            a = rng.choice([f"{x} has {d} more {unit} than {y}.", f"{x} leads {y} by {d} {unit}."])
+            a = rng.choice([f"{x} has {v[x]} and {y} has {v[y]}, so {x} has {d} more {unit}.",
+                            f"With {v[x]} against {v[y]} {unit}, {x} leads {y} by {d}."])
             return q, f"{x} versus {y}", a, str(d)
         q = rng.choice([f"Does {x} have more {unit} than {y}?", f"Is it true that {x} has more {unit} than {y}?"])
+        counts = f"{x} has {v[x]} {unit} and {y} has {v[y]}"
         if v[x] > v[y]:
-            a = rng.choice([f"Yes, {x} has more {unit} than {y}.", f"Yes, {x} is ahead of {y}."])
+            a = rng.choice([f"Yes: {counts}, so {x} has more.", f"{counts}, so yes, {x} is ahead of {y}."])
             return q, f"{x} or {y}", a, "yes"
-        a = rng.choice([f"No, {x} has fewer {unit} than {y}.", f"No, {x} is behind {y}."])
+        a = rng.choice([f"No: {counts}, so {x} has fewer.", f"{counts}, so no, {x} is behind {y}."])
         return q, f"{x} or {y}", a, "no"
     if kind in ("most", "fewest"):
         best = max(names, key=v.get) if kind == "most" else min(names, key=v.get)
@@ -378,14 +388,15 @@ def _owner_question(rng: random.Random, kind: str, names, values, unit):
         x = rng.choice(names)
         q = rng.choice([f"If {x} doubled the {unit}, how many would {x} have?",
                         f"How many {unit} would {x} have with twice as many?"])
-        a = rng.choice([f"{x} would have {2 * v[x]} {unit}.", f"Twice as many would give {x} {2 * v[x]} {unit}."])
+        a = rng.choice([f"{x} has {v[x]} {unit}, so doubled that would be {2 * v[x]}.",
+                        f"Twice {v[x]} is {2 * v[x]}, so {x} would have {2 * v[x]} {unit}."])
         return q, f"{x} doubled", a, str(2 * v[x])
     raise ValueError(kind)
 
 
 def _prices_table(rng: random.Random, n: int):
     items = rng.sample(ITEMS, n)
-    prices = rng.sample(range(2, 40), n)
+    prices = rng.sample(range(2, 30), n)
     cur = rng.choice(CURRENCIES)
     style = rng.randrange(3)
     if style == 0:
@@ -411,24 +422,27 @@ def _price_question(rng: random.Random, kind: str, items, prices, cur):
         s, t = rng.sample(singles, 2)
         q = rng.choice([f"What do {_article(s)} {s} and {_article(t)} {t} cost together?",
                         f"How much would {_article(s)} {s} plus {_article(t)} {t} cost?"])
-        a = rng.choice([f"{_cap(_article(s))} {s} and {_article(t)} {t} cost {p[s] + p[t]} {cur} together.",
-                        f"Together, {_article(s)} {s} and {_article(t)} {t} cost {p[s] + p[t]} {cur}."])
+        a = rng.choice([f"{_cap(_article(s))} {s} costs {p[s]} and {_article(t)} {t} costs {p[t]}, so together "
+                        f"they cost {p[s] + p[t]} {cur}.",
+                        f"At {p[s]} and {p[t]} {cur}, {_article(s)} {s} and {_article(t)} {t} cost {p[s] + p[t]} {cur} "
+                        "together."])
         return q, f"{s} and {t}", a, str(p[s] + p[t])
     if kind == "multiple":
         s = rng.choice(singles)
-        k = rng.randint(2, 6)
+        k = rng.randint(2, 4)
         q = rng.choice([f"How much do {NUMBER_WORDS[k]} {plural[s]} cost?",
                         f"What is the price of {NUMBER_WORDS[k]} {plural[s]}?"])
-        a = rng.choice([f"{_cap(NUMBER_WORDS[k])} {plural[s]} cost {k * p[s]} {cur}.",
-                        f"Buying {NUMBER_WORDS[k]} {plural[s]} costs {k * p[s]} {cur}."])
+        a = rng.choice([f"One {s} costs {p[s]} {cur}, so {NUMBER_WORDS[k]} {plural[s]} cost {k * p[s]} {cur}.",
+                        f"At {p[s]} {cur} each, buying {NUMBER_WORDS[k]} {plural[s]} costs {k * p[s]} {cur}."])
         return q, f"{NUMBER_WORDS[k]} {plural[s]}", a, str(k * p[s])
     if kind == "diff":
         s, t = rng.sample(singles, 2)
         if p[s] < p[t]:
             s, t = t, s
         q = rng.choice([f"How much more does {_article(s)} {s} cost than {_article(t)} {t}?"])
-        a = rng.choice([f"{_cap(_article(s))} {s} costs {p[s] - p[t]} {cur} more than {_article(t)} {t}.",
-                        f"The {s} is {p[s] - p[t]} {cur} dearer than the {t}."])
+        a = rng.choice([f"{_cap(_article(s))} {s} costs {p[s]} and {_article(t)} {t} costs {p[t]}, so the {s} costs "
+                        f"{p[s] - p[t]} {cur} more.",
+                        f"At {p[s]} against {p[t]} {cur}, the {s} is {p[s] - p[t]} {cur} dearer than the {t}."])
         return q, f"{s} versus {t}", a, str(p[s] - p[t])
     if kind in ("most", "fewest"):
         best = max(singles, key=p.get) if kind == "most" else min(singles, key=p.get)
@@ -475,7 +489,7 @@ def _join_profiles(rng: random.Random) -> Example:
     key = "age" if kind == "person" else rng.choice([k for k in ("founded", "staff") if k in entities[0].attrs])
     intro, ask = _profile_instruction(rng, kind, n)
     vals = {e.name: int(e.attrs[key]) for e in entities}
-    goal = rng.choice(["max", "min", "sum"])
+    goal = rng.choice(["max", "min", "sum"] if n == 2 else ["max", "min"])  # sums of two: learnable at demo size
     if key == "age":
         if goal == "max":
             x = max(vals, key=vals.get)
@@ -491,8 +505,10 @@ def _join_profiles(rng: random.Random) -> Example:
             s = sum(vals.values())
             q = rng.choice(["Finally, add up their ages.", "Then give the sum of their ages.",
                             "What is their combined age?"])
-            final, sentence = str(s), rng.choice([f"Together their ages add up to {s}.",
-                                                  f"Their combined age is {s} years.", f"Their ages sum to {s}."])
+            a, b = vals.values()
+            final, sentence = str(s), rng.choice([f"Together their ages add up to {a} + {b} = {s}.",
+                                                  f"Adding {a} and {b}, their combined age is {s} years.",
+                                                  f"Their ages sum to {a} plus {b}, which is {s}."])
         topic = {"max": "oldest", "min": "youngest", "sum": "total age"}[goal]
     elif key == "founded":
         goal = rng.choice(["max", "min"])
@@ -505,7 +521,9 @@ def _join_profiles(rng: random.Random) -> Example:
         if goal == "sum":
             s = sum(vals.values())
             q = rng.choice(["Finally, how many people do they employ in total?", "Then give their total staff."])
-            final, sentence = str(s), rng.choice([f"Together they employ {s} people.", f"Their total staff is {s}."])
+            a, b = vals.values()
+            final, sentence = str(s), rng.choice([f"Together they employ {a} + {b} = {s} people.",
+                                                  f"Adding {a} and {b}, their total staff is {s}."])
             topic = "total staff"
         else:
             x = (max if goal == "max" else min)(vals, key=vals.get)
@@ -515,18 +533,18 @@ def _join_profiles(rng: random.Random) -> Example:
             topic = word
     facts_text = _describe_prompt(rng, entities)
     prompt = _compose(rng, intro, facts_text, f"{ask} {q}")
-    spans = [(e.name, _describe_answer(rng, e)) for e in entities]
+    spans = [(_topic(e), _describe_answer(rng, e)) for e in entities]
     facts = [f for e in entities for f in _entity_facts(e)]
     return Example("join", prompt, [Round(spans), Round([(topic, sentence)])], facts, final)
 
 
 def _join_purchases(rng: random.Random) -> Example:
-    n = rng.randint(2, 4)
+    n = rng.randint(2, 3)
     names = rng.sample(FEMALE + MALE, n)
     items = rng.sample(ITEMS, n)
     cur = rng.choice(CURRENCIES)
-    counts = [rng.randint(2, 9) for _ in range(n)]
-    prices = [rng.randint(2, 15) for _ in range(n)]
+    counts = [rng.randint(2, 5) for _ in range(n)]
+    prices = [rng.randint(2, 9) for _ in range(n)]  # products from the small times table
     totals = [c * p for c, p in zip(counts, prices)]
     verb = rng.choice(["buys", "orders", "picks up"])
     body = " ".join(f"{x} {verb} {NUMBER_WORDS[c]} {pl} at {p} {cur} each."
@@ -538,8 +556,9 @@ def _join_purchases(rng: random.Random) -> Example:
                         "Work out what each of them pays, then the total.",
                         "What does each one spend, and what do they spend in total?"])
         final = str(s)
-        sentence = rng.choice([f"Altogether they spend {s} {cur}.", f"In total that is {s} {cur}.",
-                               f"The grand total is {s} {cur}."])
+        addends = " + ".join(map(str, totals))
+        sentence = rng.choice([f"Altogether they spend {addends} = {s} {cur}.", f"In total that is {addends} = {s} {cur}.",
+                               f"The grand total is {addends}, which is {s} {cur}."])
         topic = "total"
     else:
         if len(set(totals)) != len(totals):
@@ -551,9 +570,12 @@ def _join_purchases(rng: random.Random) -> Example:
         sentence = rng.choice([f"{x} spends the most.", f"The biggest spender is {x}."])
         topic = "biggest spender"
     spans = []
+    totals_of = {x: (c, p) for x, c, p in zip(names, counts, prices)}
     for x, (_, pl), t in zip(names, items, totals):
-        spans.append((x, rng.choice([f"{x} spends {t} {cur} on {pl}.", f"{x} pays {t} {cur} for the {pl}.",
-                                     f"The {pl} cost {x} {t} {cur}."])))
+        k, price = totals_of[x]
+        spans.append((x, rng.choice([f"{x} buys {NUMBER_WORDS[k]} {pl} at {price} {cur} each, so {x} spends {t} {cur}.",
+                                     f"{_cap(NUMBER_WORDS[k])} {pl} at {price} {cur} each cost {x} {t} {cur}.",
+                                     f"{x} pays {k} times {price}, which is {t} {cur} for the {pl}."])))
     prompt = f"{body} {q}" if rng.random() < 0.7 else f"{q} {body}"
     return Example("join", prompt, [Round(spans), Round([(topic, sentence)])], [str(t) for t in totals], final)
 
