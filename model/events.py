@@ -39,6 +39,7 @@ class DenoiseStep:
     round: int
     step: int
     filled: tuple[int, ...]  # committed slots per span of the round, after this step
+    slots: tuple[tuple[int, ...], ...]  # each span's slots after this step (the mask id where still masked)
 
 
 @dataclass(frozen=True)

@@ -332,6 +332,8 @@ class RequestState:
                 chosen = chosen[threshold.accept(b, chosen_scores, step)]
             else:
                 k = commit_count(masked, step, self._steps, self._times)
+                if self.options.order == "adaptive":  # confident slots commit now, beyond the schedule
+                    k = max(k, int((span_scores >= self.options.threshold).sum()))
                 chosen = torch.topk(span_scores, k).indices
             for offset in chosen.tolist():
                 p = span.start + offset
@@ -343,7 +345,8 @@ class RequestState:
                 self.events.append(SpanFilled(span.round, span.index, content, overflow))
         if threshold is not None:
             self._steps = threshold.steps
-        self.events.append(DenoiseStep(self.round.index, step, tuple(s.length - self._masked(s) for s in self._spans)))
+        self.events.append(DenoiseStep(self.round.index, step, tuple(s.length - self._masked(s) for s in self._spans),
+                                       tuple(tuple(self.tokens[s.start + 1:s.end - 1]) for s in self._spans)))
         self._step += 1
         if not any(self._masked(s) for s in self._spans):
             if not self._retry_overflows():

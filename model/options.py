@@ -22,7 +22,10 @@ class GenerationOptions:
     max_new_tokens:  bound on tokens after the prompt, tags and pads included.
     steps_ratio:     denoising steps per round = int(longest span × steps_ratio), at least 1.
     order:           which masked slot a span commits first: "entropy" (reference default),
-                     "confidence", "margin", or "threshold" (needs `threshold`).
+                     "confidence", "margin", "threshold" (the reference's: at most the schedule's
+                     count per step, each but the best needing confidence ≥ τ), or "adaptive"
+                     (ours: the schedule's count, plus every other slot with confidence ≥ τ, so
+                     easy spans finish in fewer steps; steps_ratio stays the worst case).
     dense:           spans of a round form one bidirectional region; None = the checkpoint's
                      `disable_block_sparsity`.
     length_scale:    slots per promised unit; None = the tag profile's unit (×10).
@@ -78,10 +81,10 @@ class GenerationOptions:
             bad(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0 < self.steps_ratio <= 1:
             bad(f"steps_ratio must be in (0, 1], got {self.steps_ratio}")
-        if self.order not in ("entropy", "confidence", "margin", "threshold"):
-            bad(f"order must be entropy, confidence, margin or threshold, got {self.order!r}")
-        if self.order == "threshold" and self.threshold is None:
-            bad("order 'threshold' needs a threshold τ in (0, 1]")
+        if self.order not in ("entropy", "confidence", "margin", "threshold", "adaptive"):
+            bad(f"order must be entropy, confidence, margin, threshold or adaptive, got {self.order!r}")
+        if self.order in ("threshold", "adaptive") and self.threshold is None:
+            bad(f"order {self.order!r} needs a threshold τ in (0, 1]")
         if self.threshold is not None and not 0 < self.threshold <= 1:
             bad(f"threshold must be in (0, 1], got {self.threshold}")
         if self.length_scale is not None and self.length_scale <= 0:

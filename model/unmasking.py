@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 
-Order = Literal["entropy", "confidence", "margin", "threshold"]
+Order = Literal["entropy", "confidence", "margin", "threshold", "adaptive"]
 EPS = 1e-3  # the schedule's final timestep
 
 
@@ -69,8 +69,8 @@ def propose(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For masked rows' logits [M, vocab]: the proposed tokens x0 [M] and their scores [M].
 
-    Higher score = commit earlier. entropy: sum p·log(p+1e-10); confidence / threshold: p(x0);
-    margin: top1 − top2.
+    Higher score = commit earlier. entropy: sum p·log(p+1e-10); confidence / threshold / adaptive:
+    p(x0); margin: top1 − top2.
     """
     probs = torch.softmax(filter_logits(logits, sampling), dim=-1)
     if sampling.temperature > 0:

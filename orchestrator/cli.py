@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 
+import plandiff.configs
+import plandiff.model
 from plandiff.model import InvalidRequestError, PlandiffError
 from plandiff.model.codec import TextCodec
 from plandiff.model.random_checkpoint import build_random_checkpoint
@@ -16,24 +17,13 @@ from plandiff.workers.logs import configure_logging
 
 from .events import DoneEvent
 from .executors import Executor, LocalExecutor, RayExecutor
+from .live import LiveView
 from .orchestrator import GenerateRequest, Orchestrator
 from .settings import GenerateSettings, load_settings
 
-# Until a trained demo model ships, a bare `plandiff generate` runs a tiny random model with this
-# plan forced, so that plan → spans in parallel → sync → plan → end runs end to end.
-DEMO_PLAN = (
-    "<promise>-<topic>definition 3</topic><promise>-<topic>causes 2</topic><sync/>"
-    "<promise>-<topic>summary 1</topic><|im_end|>"
-)
-RANDOM_MODEL_VERSION = "tiny-random-v1"
-
-
-def demo_model_folder() -> Path:
-    cache = Path(os.environ.get("PLANDIFF_CACHE", Path.home() / ".cache" / "plandiff"))
-    folder = cache / RANDOM_MODEL_VERSION
-    if not (folder / "config.json").exists():
-        build_random_checkpoint(folder, "compact", seed=0)
-    return folder
+# With no --model, the shipped demo model answers, decoded with its preset (configs/demo.yaml).
+DEMO_MODEL = Path(plandiff.model.__file__).parent / "demo" / "pd"
+DEMO_PRESET = Path(plandiff.configs.__file__).parent / "demo.yaml"
 
 
 def add_model_arguments(p) -> None:
@@ -54,11 +44,13 @@ def add_generate(sub) -> None:
     add_model_arguments(p)
     p.add_argument("--plan", help="force the plan, e.g. '<promise>-<topic>intro 3</topic><|im_end|>'")
     p.add_argument("--json", action="store_true", help="print the structured result as JSON")
+    p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the plan and the spans filling as they happen (default: on a terminal)")
     p.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"])
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--steps-ratio", type=float)
-    p.add_argument("--order", choices=["entropy", "confidence", "margin", "threshold"])
-    p.add_argument("--threshold", type=float, help="confidence threshold τ (with --order threshold)")
+    p.add_argument("--order", choices=["entropy", "confidence", "margin", "threshold", "adaptive"])
+    p.add_argument("--threshold", type=float, help="confidence threshold τ (with --order threshold or adaptive)")
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int, help="0 turns top-k filtering off (default 50, as the reference)")
@@ -129,33 +121,57 @@ def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="score a checkpoint on the synthetic task's test split")
     p.add_argument("--model", required=True, help="checkpoint folder")
     p.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"], default="planned")
+    p.add_argument("--label", help="the model's name in the report (default: folder name and mode)")
     p.add_argument("--examples", type=int, default=200)
     p.add_argument("--seed", type=int, default=0, help="the data seed the model was trained with")
     p.add_argument("--steps-ratio", type=float, nargs="+", default=[1.0], help="one row per value")
-    p.add_argument("--threshold", type=float, nargs="+", help="also one row per τ (order threshold)")
-    p.add_argument("--max-new-tokens", type=int, default=400)
+    p.add_argument("--order", choices=["entropy", "confidence", "margin", "threshold", "adaptive"], default="entropy")
+    p.add_argument("--threshold", type=float, nargs="+", help="τ values (order threshold or adaptive): one row each")
+    p.add_argument("--max-new-tokens", type=int, default=400, help="diffusion-only: the answer's length")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--report", help="folder to add the rows to: results.json, results.md, latency-accuracy.png")
 
 
 def run_eval(args) -> int:
+    import datetime
+    import platform
+
     from plandiff.model import GenerationOptions, ModelRuntime
     from plandiff.model.training.evaluation import evaluate
+    from plandiff.model.training.report import add_rows
     from plandiff.model.training.synthetic import make_split
 
+    if args.order in ("threshold", "adaptive") and not args.threshold:
+        raise InvalidRequestError(f"--order {args.order} needs --threshold")
     runtime = ModelRuntime.load(args.model, device=args.device)
     examples = make_split("test", args.examples, args.seed)
-    rows = [dict(steps_ratio=r) for r in args.steps_ratio]
-    rows += [dict(steps_ratio=r, order="threshold", threshold=t) for t in args.threshold or [] for r in args.steps_ratio]
-    print(f"{args.model}, mode {args.mode}, {len(examples)} test examples")
-    print(f"{'options':34s} {'accuracy':>8s} {'valid':>6s} {'critical path':>13s} {'s/answer':>8s}")
-    for row in rows:
-        options = GenerationOptions(mode=args.mode, max_new_tokens=args.max_new_tokens, **row)
-        result = evaluate(runtime, examples, options)
-        label = ", ".join(f"{k}={v}" for k, v in row.items())
-        print(f"{label:34s} {result.accuracy:8.1%} {result.valid_plans:6.1%} {result.critical_path:13.1f} "
-              f"{result.seconds:8.3f}")
-        print(json.dumps({"options": row, **result.__dict__}))
+    label = args.label or f"{Path(args.model).name} ({args.mode})"
+    device = args.device if not args.device.startswith("cuda") else torch_device_name(args.device)
+    device = f"{device}, {platform.processor() or platform.machine()}" if device == "cpu" else device
+    print(f"{args.model}, mode {args.mode}, {len(examples)} test examples, {device}")
+    print(f"{'options':44s} {'accuracy':>8s} {'valid':>6s} {'critical path':>13s} {'s/answer':>8s}")
+    rows = []
+    for ratio in args.steps_ratio:
+        for tau in args.threshold or [None]:
+            shown = {"steps_ratio": ratio, "order": args.order} | ({"threshold": tau} if tau is not None else {})
+            options = GenerationOptions(mode=args.mode, max_new_tokens=args.max_new_tokens, **shown)
+            result = evaluate(runtime, examples, options)
+            row = {"label": label, "model": args.model, "mode": args.mode, "options": shown, "device": device,
+                   "date": datetime.date.today().isoformat(), **result.__dict__}
+            rows.append(row)
+            text = ", ".join(f"{k}={v}" for k, v in shown.items())
+            print(f"{text:44s} {result.accuracy:8.1%} {result.valid_plans:6.1%} {result.critical_path:13.1f} "
+                  f"{result.seconds:8.3f}", flush=True)
+    if args.report:
+        add_rows(args.report, rows)
+        print(f"report: {args.report}")
     return 0
+
+
+def torch_device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
 
 
 def settings_from(args) -> tuple[GenerateSettings, str | None]:
@@ -164,15 +180,11 @@ def settings_from(args) -> tuple[GenerateSettings, str | None]:
     if no_top_k:
         del cli["top_k"]
     settings = load_settings(args.config, cli)
+    if settings.model is None:  # the shipped demo model, decoded with its preset unless --config names one
+        settings = load_settings(args.config or DEMO_PRESET, {**cli, "model": str(DEMO_MODEL)})
     if no_top_k:
         settings = settings.model_copy(update={"top_k": None})
-    plan = getattr(args, "plan", None)
-    if settings.model is None:
-        plan = plan or DEMO_PLAN
-        settings = settings.model_copy(update={"model": str(demo_model_folder())})
-        print(f"note: no --model given and no trained demo model ships yet; using a tiny random model "
-              f"built locally at {settings.model} (its text is noise) with a demo plan forced.", file=sys.stderr)
-    return settings, plan
+    return settings, getattr(args, "plan", None)
 
 
 def make_executor(settings: GenerateSettings, kind: str | None = None) -> Executor:
@@ -187,17 +199,30 @@ def run_generate(args) -> int:
     settings, plan = settings_from(args)
     configure_logging(settings.log_level)
     request = GenerateRequest(prompt=args.prompt, system=settings.system, plan=plan, options=settings.options())
+    live = not args.json and (args.live if args.live is not None else sys.stdout.isatty())
     executor = make_executor(settings)
     try:
-        orchestrator = Orchestrator(executor, TextCodec.load(settings.model))
-        done = asyncio.run(orchestrator.complete(request))
+        codec = TextCodec.load(settings.model)
+        orchestrator = Orchestrator(executor, codec)
+        done = asyncio.run(run_live(orchestrator, request, codec) if live else orchestrator.complete(request))
     finally:
         executor.shutdown()
     if args.json:
         print(json.dumps({**done.result, "serving": done.usage.model_dump()}, ensure_ascii=False))
-    else:
+    elif not live:
         print_result(done)
     return 0
+
+
+async def run_live(orchestrator: Orchestrator, request: GenerateRequest, codec: TextCodec) -> DoneEvent:
+    from rich.live import Live
+
+    view = LiveView(codec)
+    with Live(view.render(), refresh_per_second=20) as live:
+        async for event in orchestrator.generate(request):
+            view.update(event)
+            live.update(view.render())
+    return view.done
 
 
 def print_result(done: DoneEvent) -> None:

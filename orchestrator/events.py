@@ -31,6 +31,7 @@ class SpanProgressEvent(BaseModel):
     round: int
     step: int
     filled: list[int]  # committed slots per span of the round
+    slots: list[list[int]]  # each span's slot token ids so far (the checkpoint's mask id where still masked)
     lengths: list[int]
 
 

@@ -20,7 +20,7 @@ class GenerateSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PLANDIFF_", extra="forbid")
 
-    model: str | None = Field(None, description="checkpoint folder; none = a tiny random model built locally")
+    model: str | None = Field(None, description="checkpoint folder; none = the shipped demo model")
     executor: Literal["local", "ray"] = "local"
     workers: int = Field(1, ge=1)
     address: str | None = None
@@ -31,7 +31,7 @@ class GenerateSettings(BaseSettings):
     mode: Literal["planned", "autoregressive", "diffusion"] = "planned"
     max_new_tokens: int = Field(512, ge=1)
     steps_ratio: float = Field(1.0, gt=0, le=1)
-    order: Literal["entropy", "confidence", "margin", "threshold"] = "entropy"
+    order: Literal["entropy", "confidence", "margin", "threshold", "adaptive"] = "entropy"
     threshold: float | None = Field(None, gt=0, le=1)
     temperature: float = Field(0.0, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)

@@ -86,7 +86,8 @@ class TaskGraph:
                 self.next_phase = "denoise" if any(s.length for s in e.spans) else self.next_phase
             elif isinstance(e, DenoiseStep):
                 out.append(SpanProgressEvent(request_id=rid, round=e.round, step=e.step, filled=list(e.filled),
-                                             lengths=[s.length for s in self.round.spans]))
+                                             lengths=[s.length for s in self.round.spans],
+                                             slots=[list(s) for s in e.slots]))
             elif isinstance(e, SpanFilled):
                 job = self._job(e.index)
                 if job is not None and job.content is None:  # once, also when a resumed round refills it

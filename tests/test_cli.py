@@ -141,19 +141,25 @@ def test_bad_inputs_exit_2_with_one_line(compact_folder, tmp_path):
         assert proc.stdout == "", (name, proc.stdout)
 
 
-def test_bare_generate_uses_a_cached_tiny_random_model(tmp_path):
-    """Also runs the installed `plandiff` console script once."""
+DEMO_PROMPT = ("Read about these people. Maya is 34 years old, lives in Oslo, works as a nurse and has a cat. "
+               "Omar is 51 years old, lives in Lima, works as a pilot and has a dog. Tell me about each person.")
+
+
+def test_bare_generate_runs_the_shipped_demo_model(tmp_path):
+    """No flag, no download: the installed `plandiff` script answers with the demo model that ships
+    in the package, one span per person, planned and filled by the model itself."""
     script = shutil.which("plandiff")
     assert script is not None, "the `plandiff` console script is not installed"
-    cache = tmp_path / "cache"
-    proc = ok(run("generate", "hi", env=clean_env(PLANDIFF_CACHE=str(cache)), command=[script]))
-    assert "tiny random model" in proc.stderr
-    assert str(cache / cli.RANDOM_MODEL_VERSION) in proc.stderr
-    for topic in ("'definition'", "'causes'", "'summary'"):
-        assert topic in proc.stdout
-    assert "forward passes" in proc.stdout
-    assert "finish: end" in proc.stdout
-    assert (cache / "tiny-random-v1" / "config.json").exists()
+    proc = ok(run("generate", DEMO_PROMPT, "--json", env=clean_env(HOME=str(tmp_path)), command=[script]))
+    data = json.loads(proc.stdout)
+    assert data["finish_reason"] == "end" and data["fallback"] is None
+    spans = data["rounds"][0]["spans"]
+    assert [s["topic"] for s in spans] == ["Maya", "Omar"]
+    assert spans[0]["text"].startswith("Maya") and spans[1]["text"].startswith("Omar")
+    assert "34" in spans[0]["text"] and "51" in spans[1]["text"]
+    assert not any(tmp_path.iterdir())  # nothing was built or cached
+    text = ok(run("generate", DEMO_PROMPT, env=clean_env(HOME=str(tmp_path)), command=[script])).stdout
+    assert "span 0: 'Maya'" in text and "forward passes" in text and "finish: end" in text
 
 
 def test_random_checkpoint_sharded_then_generate(tmp_path):

@@ -42,6 +42,22 @@ def test_cached_equals_uncached_under_exact_refresh(compact, dense, order, ratio
     assert compact.tags.mask not in cached.token_ids
 
 
+def test_adaptive_order_commits_confident_slots_beyond_the_schedule(compact):
+    """τ = 1 admits no extra slot: the confidence order on the schedule, token for token. A τ every
+    slot reaches commits each span at once: one step per round. Between, never more steps."""
+    def run(**options):
+        return compact.generate("Tell me two things.", GenerationOptions(length_scale=1.5, **options), plan=TWO_ROUNDS)
+
+    schedule = run(order="confidence")
+    strict = run(order="adaptive", threshold=1.0)
+    assert strict.token_ids == schedule.token_ids and strict.usage.forward_passes == schedule.usage.forward_passes
+    eager = run(order="adaptive", threshold=1e-9)
+    assert all(r.denoise_steps == 1 for r in eager.rounds if r.spans)
+    assert compact.tags.mask not in eager.token_ids
+    middle = run(order="adaptive", threshold=0.05)
+    assert eager.usage.forward_passes <= middle.usage.forward_passes <= schedule.usage.forward_passes
+
+
 def test_free_planning_cached_equals_uncached(compact):
     cached = compact.generate("Hi", GenerationOptions(max_new_tokens=24))
     uncached = compact.generate("Hi", GenerationOptions(max_new_tokens=24, kv_cache=False))
@@ -215,7 +231,7 @@ def test_prompt_longer_than_the_context(compact):
 
 
 @pytest.mark.parametrize("bad", [
-    dict(steps_ratio=0), dict(steps_ratio=1.5), dict(order="threshold"), dict(threshold=2.0),
+    dict(steps_ratio=0), dict(steps_ratio=1.5), dict(order="threshold"), dict(order="adaptive"), dict(threshold=2.0),
     dict(max_new_tokens=0), dict(length_scale=-1.0), dict(kv_refresh="sometimes"), dict(mode="fast"),
 ])
 def test_invalid_options(bad):

@@ -10,6 +10,7 @@ from plandiff.model import GenerationOptions, ModelRuntime
 from plandiff.orchestrator import cli
 
 RECIPE = "configs/train/tiny.yaml"
+DEMO_PD, DEMO_AR = "model/demo/pd", "model/demo/ar"
 
 
 @pytest.mark.parametrize("mode", ["planned", "autoregressive", "diffusion"])
@@ -37,19 +38,32 @@ def test_bad_recipe_is_a_clear_error(tmp_path, capsys):
     assert "steps" in err and "unknown" in err
 
 
-def test_eval_scores_a_trained_checkpoint(tmp_path, capsys):
-    recipe = yaml.safe_load(open(RECIPE))
-    recipe.update(output=str(tmp_path / "pd"))
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    assert cli.main(["train", "--config", str(path), "--steps", "2", "--device", "cpu"]) == 0
-    capsys.readouterr()
-    assert cli.main(["eval", "--model", str(tmp_path / "pd"), "--examples", "6", "--max-new-tokens", "24",
-                     "--steps-ratio", "1.0", "0.5", "--threshold", "0.9"]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert [r["options"] for r in rows] == [{"steps_ratio": 1.0}, {"steps_ratio": 0.5},
-                                            {"steps_ratio": 1.0, "order": "threshold", "threshold": 0.9},
-                                            {"steps_ratio": 0.5, "order": "threshold", "threshold": 0.9}]
+def test_eval_writes_a_report_that_accumulates(tmp_path, capsys):
+    report = tmp_path / "report"
+    assert cli.main(["eval", "--model", DEMO_PD, "--label", "PD", "--examples", "4", "--steps-ratio", "1.0", "0.5",
+                     "--order", "adaptive", "--threshold", "0.9", "--report", str(report)]) == 0
+    assert cli.main(["eval", "--model", DEMO_AR, "--mode", "autoregressive", "--label", "AR", "--examples", "4",
+                     "--report", str(report)]) == 0
+    rows = json.loads((report / "results.json").read_text())
+    assert [(r["label"], r["options"]) for r in rows] == [
+        ("PD", {"steps_ratio": 1.0, "order": "adaptive", "threshold": 0.9}),
+        ("PD", {"steps_ratio": 0.5, "order": "adaptive", "threshold": 0.9}),
+        ("AR", {"steps_ratio": 1.0, "order": "entropy"}),
+    ]
     for row in rows:
-        assert row["examples"] == 6 and 0 <= row["accuracy"] <= 1 and 0 <= row["valid_plans"] <= 1
+        assert row["examples"] == 4 and 0 <= row["accuracy"] <= 1 and 0 <= row["valid_plans"] <= 1
         assert row["critical_path"] > 0 and set(row["by_family"]) <= {"profiles", "subquestions", "join", "short"}
+    assert rows[0]["critical_path"] >= rows[1]["critical_path"]  # fewer steps, never more forwards
+    table = (report / "results.md").read_text()
+    assert "| PD | steps_ratio=0.5, order=adaptive, threshold=0.9 |" in table and "| AR |" in table
+    assert (report / "latency-accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the same row measured again replaces the old one
+    assert cli.main(["eval", "--model", DEMO_AR, "--mode", "autoregressive", "--label", "AR", "--examples", "2",
+                     "--report", str(report)]) == 0
+    rows = json.loads((report / "results.json").read_text())
+    assert len(rows) == 3 and rows[-1]["examples"] == 2
+
+
+def test_eval_rejects_an_order_without_its_threshold(capsys):
+    assert cli.main(["eval", "--model", DEMO_PD, "--order", "adaptive"]) == 2
+    assert "--threshold" in capsys.readouterr().err

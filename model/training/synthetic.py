@@ -147,7 +147,19 @@ def _norm(text: str) -> str:
 
 
 def _contains(normalized_text: str, normalized_fact: str) -> bool:
-    return re.search(rf"(?<!\w){re.escape(normalized_fact)}(?!\w)", normalized_text) is not None
+    """`fact` occurs as whole words (no word character on either side)."""
+    start = normalized_text.find(normalized_fact)
+    while start >= 0:
+        end = start + len(normalized_fact)
+        if not (start and _is_word(normalized_text[start - 1])) and not (
+                end < len(normalized_text) and _is_word(normalized_text[end])):
+            return True
+        start = normalized_text.find(normalized_fact, start + 1)
+    return False
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"
 
 
 def _last_sentence(normalized_text: str) -> str:

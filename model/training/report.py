@@ -1,0 +1,88 @@
+"""An evaluation report folder: every measured row in results.json, rendered as a markdown table
+(results.md) and an accuracy-vs-critical-path plot (latency-accuracy.png).
+
+Rows accumulate across `plandiff eval` runs (one per model or mode), so PD, its AR twin and the
+diffusion-only baseline land in one table; a row measured again replaces the old one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+RESULTS, TABLE, PLOT = "results.json", "results.md", "latency-accuracy.png"
+
+
+def add_rows(folder: str | Path, rows: list[dict]) -> list[dict]:
+    """Merge `rows` (each with `label` and `options`) into the folder's results and re-render it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder):
+        path = folder / RESULTS
+        old = json.loads(path.read_text()) if path.exists() else []
+        keys = {_key(r) for r in rows}
+        merged = [r for r in old if _key(r) not in keys] + rows
+        path.write_text(json.dumps(merged, indent=1) + "\n")
+        (folder / TABLE).write_text(table(merged))
+        plot(merged, folder / PLOT)
+    return merged
+
+
+def table(rows: list[dict]) -> str:
+    families = sorted({f for r in rows for f in r["by_family"]})
+    head = ["model", "options", "accuracy", *families, "valid plans", "critical path", "s/answer", "n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["label"], _options(r["options"]), f"{r['accuracy']:.1%}",
+                 *(f"{r['by_family'][f]:.0%}" if f in r["by_family"] else "" for f in families),
+                 f"{r['valid_plans']:.1%}", f"{r['critical_path']:.1f}", f"{r['seconds']:.3f}", str(r["examples"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    devices = sorted({r["device"] for r in rows})
+    lines += ["", f"critical path: mean sequential forward passes per answer. s/answer: wall time on {', '.join(devices)}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for label in dict.fromkeys(r["label"] for r in rows):
+        mine = sorted((r for r in rows if r["label"] == label), key=lambda r: r["critical_path"])
+        axes.plot([r["critical_path"] for r in mine], [100 * r["accuracy"] for r in mine], "o-", label=label)
+        for r in mine:
+            axes.annotate(_options(r["options"], short=True), (r["critical_path"], 100 * r["accuracy"]),
+                          textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axes.set_xlabel("critical path (sequential forward passes per answer)")
+    axes.set_ylabel("test accuracy (%)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _key(row: dict) -> str:
+    return json.dumps([row["label"], row["options"]], sort_keys=True)
+
+
+def _options(options: dict, short: bool = False) -> str:
+    shown = {k: v for k, v in options.items() if k not in ("mode", "max_new_tokens")}
+    if short:
+        return " ".join(f"{v}" for v in shown.values())
+    return ", ".join(f"{k}={v}" for k, v in shown.items())
+
+
+@contextmanager
+def _locked(folder: Path):
+    """Runs evaluating side by side append to one report: serialize the read-merge-write."""
+    with open(folder / ".report.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
