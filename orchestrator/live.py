@@ -83,7 +83,7 @@ class LiveView:
                 for span in r.spans:
                     filled = sum(1 for t in span.slots if t != self.codec.tags.mask)
                     note = f"{filled}/{span.length}" + (f" retried {span.retried}×" if span.retried else "")
-                    table.add_row(f"  {span.topic}", self._slots(span), note)
+                    table.add_row(f"  {span.topic}:", self._slots(span), note)
                 parts.append(table)
         if self.answer:
             parts += [Text(""), Text(self.answer, style="bold")]

@@ -42,8 +42,8 @@ def test_frames_show_the_plan_then_spans_filling_in_parallel_then_the_answer():
     assert "·" in first  # slots still masked after the first step
     # the spans fill side by side: some frame shows both partly filled (text and masks in each)
     def partly_filled(frame: str, topic: str) -> bool:
-        line = next(line for line in frame.splitlines() if line.strip().startswith(topic))
-        slots = line.strip()[len(topic):]
+        line = next(line for line in frame.splitlines() if line.strip().startswith(topic + ":"))
+        slots = line.strip()[len(topic) + 1:]
         return "·" in slots and any(c.isalpha() for c in slots)
 
     assert any(partly_filled(frame, "Maya") and partly_filled(frame, "Omar") for frame in progress)

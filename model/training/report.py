@@ -54,9 +54,16 @@ def plot(rows: list[dict], path: Path) -> None:
     for label in dict.fromkeys(r["label"] for r in rows):
         mine = sorted((r for r in rows if r["label"] == label), key=lambda r: r["critical_path"])
         axes.plot([r["critical_path"] for r in mine], [100 * r["accuracy"] for r in mine], "o-", label=label)
-        for r in mine:
-            axes.annotate(_options(r["options"], short=True), (r["critical_path"], 100 * r["accuracy"]),
-                          textcoords="offset points", xytext=(4, 4), fontsize=7)
+        varying = [k for k in mine[0]["options"] if len({str(r["options"].get(k)) for r in mine}) > 1]
+        for r in mine if varying else []:  # name each point by what changes along its line
+            text = " ".join(f"{_SHORT.get(k, k)}={r['options'].get(k)}" for k in varying)
+            axes.annotate(text, (r["critical_path"], 100 * r["accuracy"]), textcoords="offset points",
+                          xytext=(4, -10), fontsize=7)
+    for r in rows:
+        if r["mode"] == "autoregressive":  # the goal line: half the AR critical path
+            axes.axvline(r["critical_path"] / 2, color="grey", linestyle=":", linewidth=1)
+            axes.annotate(f"½ {r['label']}", (r["critical_path"] / 2, 0.02), xycoords=("data", "axes fraction"),
+                          fontsize=7, color="grey", xytext=(3, 0), textcoords="offset points")
     axes.set_xlabel("critical path (sequential forward passes per answer)")
     axes.set_ylabel("test accuracy (%)")
     axes.grid(alpha=0.3)
@@ -66,15 +73,15 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+_SHORT = {"steps_ratio": "ratio", "threshold": "τ"}
+
+
 def _key(row: dict) -> str:
     return json.dumps([row["label"], row["options"]], sort_keys=True)
 
 
-def _options(options: dict, short: bool = False) -> str:
-    shown = {k: v for k, v in options.items() if k not in ("mode", "max_new_tokens")}
-    if short:
-        return " ".join(f"{v}" for v in shown.values())
-    return ", ".join(f"{k}={v}" for k, v in shown.items())
+def _options(options: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
 @contextmanager
