@@ -64,7 +64,12 @@ def plot(rows: list[dict], path: Path) -> None:
             axes.axvline(r["critical_path"] / 2, color="grey", linestyle=":", linewidth=1)
             axes.annotate(f"½ {r['label']}", (r["critical_path"] / 2, 0.02), xycoords=("data", "axes fraction"),
                           fontsize=7, color="grey", xytext=(3, 0), textcoords="offset points")
-    axes.set_xlabel("critical path (sequential forward passes per answer)")
+    axes.set_xscale("log")  # baselines can sit several times further out than the rows that matter
+    low, high = axes.get_xlim()
+    axes.set_xticks([t for t in (5, 10, 15, 20, 30, 40, 60, 80, 100, 150, 200, 300, 500, 1000) if low <= t <= high])
+    axes.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes.set_xlabel("critical path (sequential forward passes per answer, log scale)")
     axes.set_ylabel("test accuracy (%)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
