@@ -22,6 +22,7 @@ def test_train_writes_a_loadable_checkpoint(tmp_path, capsys, mode):
     assert cli.main(["train", "--config", str(path), "--steps", "2", "--device", "cpu"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["step"] == 2 and summary["validation_loss"] > 0
+    assert 0 < summary["seconds_per_step"] * 2 <= summary["seconds"]
     runtime = ModelRuntime.load(tmp_path / mode)
     assert runtime.checkpoint.config.hidden_size == 64
     saved = json.loads((tmp_path / mode / "training.json").read_text())
