@@ -25,6 +25,7 @@ class TextCodec:
         self.tokenizer = tokenizer
         self.profile = profile
         self.tags = tags
+        self._pieces: dict[bool, list[list[int]]] = {}
 
     @classmethod
     def load(cls, folder: str | Path) -> TextCodec:
@@ -48,19 +49,31 @@ class TextCodec:
     def encode_prompt(self, prompt: str, system: str | None = DEFAULT_SYSTEM) -> list[int]:
         """The chat prompt as the checkpoints were trained on it (ChatML with a system message). The
         template's own tokens are matched as tags; the messages' contents are plain text."""
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         if not getattr(self.tokenizer, "chat_template", None):
             return self.encode_text(prompt)
-        markers = [f"\x00{i}\x00" for i in range(len(messages))]
-        rendered = self.tokenizer.apply_chat_template(
-            [{**m, "content": marker} for m, marker in zip(messages, markers)],
-            add_generation_prompt=True, tokenize=False,
-        )
+        contents = ([system] if system else []) + [prompt]
+        pieces = self._template_pieces(bool(system))
         ids: list[int] = []
-        for marker, message in zip(markers, messages):
-            before, rendered = rendered.split(marker, 1)
-            ids += self.tokenizer.encode(before, add_special_tokens=False) + self.encode_text(message["content"])
-        return ids + self.tokenizer.encode(rendered, add_special_tokens=False)
+        for piece, content in zip(pieces, contents):
+            ids += piece + self.encode_text(content)
+        return ids + pieces[-1]
+
+    def _template_pieces(self, with_system: bool) -> list[list[int]]:
+        """The chat template's token ids around each message (rendered once with placeholder
+        contents: the template is the same for every prompt, the contents are plain text)."""
+        if with_system not in self._pieces:
+            roles = (["system"] if with_system else []) + ["user"]
+            markers = [f"\x00{i}\x00" for i in range(len(roles))]
+            rendered = self.tokenizer.apply_chat_template(
+                [{"role": role, "content": marker} for role, marker in zip(roles, markers)],
+                add_generation_prompt=True, tokenize=False,
+            )
+            pieces = []
+            for marker in markers:
+                before, rendered = rendered.split(marker, 1)
+                pieces.append(self.tokenizer.encode(before, add_special_tokens=False))
+            self._pieces[with_system] = [*pieces, self.tokenizer.encode(rendered, add_special_tokens=False)]
+        return self._pieces[with_system]
 
     def encode_plan(self, plan: str) -> list[list[int]]:
         """A forced plan written as text ("<promise>-<topic>Intro 3</topic><sync/>…<|im_end|>"),
