@@ -102,6 +102,7 @@ class TrainSettings(BaseModel):
     weight_decay: float = Field(0.01, ge=0)
     seed: int = 0
     eval_every: int = Field(200, ge=1)
+    init: str | None = None
     device: str | None = None
     network: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)

@@ -4,6 +4,7 @@ runtime loads and generates with."""
 import json
 
 import pytest
+import torch
 import yaml
 
 from plandiff.model import GenerationOptions, ModelRuntime
@@ -29,6 +30,27 @@ def test_train_writes_a_loadable_checkpoint(tmp_path, capsys, mode):
     assert saved["config"]["mode"] == mode and saved["metrics"]["step"] == 2
     result = runtime.generate("Which is larger, 728 or 502?", GenerationOptions(max_new_tokens=8))
     assert result.finish_reason in ("end", "length") and result.token_ids
+
+
+def test_training_continues_from_a_checkpoint(tmp_path, capsys):
+    """`init`: the checkpoint's weights, network and tokenizer are the starting point."""
+    recipe = yaml.safe_load(open(RECIPE))
+    recipe.update(output=str(tmp_path / "first"))
+    (tmp_path / "first.yaml").write_text(yaml.safe_dump(recipe))
+    assert cli.main(["train", "--config", str(tmp_path / "first.yaml"), "--steps", "2", "--device", "cpu"]) == 0
+    recipe.update(output=str(tmp_path / "second"), init=str(tmp_path / "first"), learning_rate=1e-9)
+    recipe["data"]["vocab_size"] = 300  # ignored: the tokenizer comes with the checkpoint
+    (tmp_path / "second.yaml").write_text(yaml.safe_dump(recipe))
+    assert cli.main(["train", "--config", str(tmp_path / "second.yaml"), "--steps", "1", "--device", "cpu"]) == 0
+    first, second = ModelRuntime.load(tmp_path / "first"), ModelRuntime.load(tmp_path / "second")
+    assert (tmp_path / "first" / "tokenizer.json").read_text() == (tmp_path / "second" / "tokenizer.json").read_text()
+    for (name, a), (_, b) in zip(first.network.state_dict().items(), second.network.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name  # one step at lr 1e-9 leaves it where it started
+    recipe["network"]["hidden_size"] = 32
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(recipe))
+    capsys.readouterr()
+    assert cli.main(["train", "--config", str(tmp_path / "bad.yaml"), "--steps", "1", "--device", "cpu"]) == 2
+    assert "network.hidden_size=32" in capsys.readouterr().err
 
 
 def test_bad_recipe_is_a_clear_error(tmp_path, capsys):

@@ -9,7 +9,8 @@ from transformers import PreTrainedTokenizerFast
 
 from ..codec import TextCodec
 from ..config import DreamConfig
-from ..loading import load_tokenizer
+from ..errors import InvalidRequestError
+from ..loading import Checkpoint, load_checkpoint, load_tokenizer
 from ..tags import TagProfile, TagVocabulary
 from .synthetic import Example, ar_completion, completion, make_split
 from .tokenizer import train_tokenizer
@@ -42,13 +43,17 @@ def pairs(examples: list[Example], config: TrainConfig, tokenizer) -> list[Pair]
 
 
 def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str | None = None, log=None) -> dict:
+    start = _start(config, data)
     examples = make_split("train", data.train, data.seed)
-    tokenizer = build_tokenizer(data, examples)
+    tokenizer = start.tokenizer if start else build_tokenizer(data, examples)
     tags = TagVocabulary.from_tokenizer(tokenizer)
     codec = TextCodec(tokenizer, TagProfile(), tags)
     train_set = encode(pairs(examples, config, tokenizer), tokenizer, tags, config, codec.encode_prompt)
     validation = make_split("validation", data.validation, data.seed)
     validation_set = encode(pairs(validation, config, tokenizer), tokenizer, tags, config, codec.encode_prompt)
+    if start:
+        return train(config, start.config, tokenizer, tags, train_set, validation_set, output, device, log,
+                     initial={k: v.float() for k, v in start.network.state_dict().items()})
     vocab = max(tokenizer.get_vocab().values()) + 1
     network = DreamConfig(**{
         "vocab_size": -(-vocab // 64) * 64, "mask_token_id": tags.mask, "pad_token_id": tags.pad,
@@ -56,3 +61,20 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
         "rope_theta": 10000.0, "disable_block_sparsity": config.dense, **config.network,
     })
     return train(config, network, tokenizer, tags, train_set, validation_set, output, device, log)
+
+
+def _start(config: TrainConfig, data: DataConfig) -> Checkpoint | None:
+    """The checkpoint `config.init` names, checked against the recipe: continuing training keeps
+    its network and tokenizer (the optimizer and the schedule start afresh)."""
+    if not config.init:
+        return None
+    start = load_checkpoint(config.init, dtype="float32")
+    problems = [f"network.{k}={v} (the checkpoint has {getattr(start.config, k, None)})"
+                for k, v in config.network.items() if getattr(start.config, k, None) != v]
+    if config.dense != start.config.disable_block_sparsity:
+        problems.append(f"dense={config.dense} (the checkpoint has {start.config.disable_block_sparsity})")
+    if data.tokenizer:
+        problems.append("data.tokenizer (the checkpoint's own is used)")
+    if problems:
+        raise InvalidRequestError(f"init {config.init}: the recipe disagrees with the checkpoint: {'; '.join(problems)}")
+    return start

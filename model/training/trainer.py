@@ -35,6 +35,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 200
     diffusion_length: int = 160  # answer tokens of a diffusion-only sequence (padded)
+    init: str | None = None  # continue from this checkpoint folder (weights, network, tokenizer)
     network: dict = field(default_factory=dict)  # DreamConfig fields (hidden_size, num_hidden_layers, …)
 
 
@@ -72,8 +73,10 @@ def train(
     output: str | Path,
     device: str | None = None,
     log: Callable[[dict], None] | None = None,
+    initial: dict[str, torch.Tensor] | None = None,
 ) -> dict:
-    """Train a network from scratch and save it to `output`; return the final metrics."""
+    """Train a network from scratch, or from the weights `initial`, and save it to `output`;
+    return the final metrics."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         # The CPU only launches kernels: many threads only contend (measured: a 16-core host spent
@@ -83,7 +86,10 @@ def train(
     # The data lives on the device and batches are drawn there, so the GPU never waits on Python.
     train_data, validation_data = pack(train_set, tags.pad, device), pack(validation_set, tags.pad, device)
     generator = torch.Generator(device).manual_seed(config.seed)
-    network = DreamNetwork(network_config).to(device)
+    network = DreamNetwork(network_config)
+    if initial is not None:
+        network.load_state_dict(initial)
+    network = network.to(device)
     decay = [p for n, p in network.named_parameters() if p.ndim >= 2]
     rest = [p for n, p in network.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
