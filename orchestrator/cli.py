@@ -136,8 +136,8 @@ def run_eval(args) -> int:
     import datetime
     import platform
 
-    from plandiff.model import GenerationOptions, ModelRuntime
-    from plandiff.model.training.evaluation import evaluate
+    from plandiff.model import ModelRuntime
+    from plandiff.model.training.evaluation import sweep
     from plandiff.model.training.report import add_rows
     from plandiff.model.training.synthetic import make_split
 
@@ -151,17 +151,13 @@ def run_eval(args) -> int:
     print(f"{args.model}, mode {args.mode}, {len(examples)} test examples, {device}")
     print(f"{'options':44s} {'accuracy':>8s} {'valid':>6s} {'critical path':>13s} {'s/answer':>8s}")
     rows = []
-    for ratio in args.steps_ratio:
-        for tau in args.threshold or [None]:
-            shown = {"steps_ratio": ratio, "order": args.order} | ({"threshold": tau} if tau is not None else {})
-            options = GenerationOptions(mode=args.mode, max_new_tokens=args.max_new_tokens, **shown)
-            result = evaluate(runtime, examples, options)
-            row = {"label": label, "model": args.model, "mode": args.mode, "options": shown, "device": device,
-                   "date": datetime.date.today().isoformat(), **result.__dict__}
-            rows.append(row)
-            text = ", ".join(f"{k}={v}" for k, v in shown.items())
-            print(f"{text:44s} {result.accuracy:8.1%} {result.valid_plans:6.1%} {result.critical_path:13.1f} "
-                  f"{result.seconds:8.3f}", flush=True)
+    for shown, result in sweep(runtime, examples, args.mode, args.steps_ratio, args.order, args.threshold,
+                               args.max_new_tokens):
+        rows.append({"label": label, "model": args.model, "mode": args.mode, "options": shown, "device": device,
+                     "date": datetime.date.today().isoformat(), **result.__dict__})
+        text = ", ".join(f"{k}={v}" for k, v in shown.items())
+        print(f"{text:44s} {result.accuracy:8.1%} {result.valid_plans:6.1%} {result.critical_path:13.1f} "
+              f"{result.seconds:8.3f}", flush=True)
     if args.report:
         add_rows(args.report, rows)
         print(f"report: {args.report}")

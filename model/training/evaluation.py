@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 from ..options import GenerationOptions
 from ..runtime import ModelRuntime
@@ -39,3 +40,12 @@ def evaluate(runtime: ModelRuntime, examples: list[Example], options: Generation
         valid_plans=valid / max(1, len(examples)), critical_path=statistics.fmean(forwards),
         seconds=statistics.fmean(seconds),
     )
+
+
+def sweep(runtime: ModelRuntime, examples: list[Example], mode: str, steps_ratios: list[float], order: str,
+          thresholds: list[float] | None, max_new_tokens: int) -> Iterator[tuple[dict, Evaluation]]:
+    """One evaluation per steps_ratio × τ: (the options that vary, the evaluation)."""
+    for ratio in steps_ratios:
+        for tau in thresholds or [None]:
+            shown = {"steps_ratio": ratio, "order": order} | ({"threshold": tau} if tau is not None else {})
+            yield shown, evaluate(runtime, examples, GenerationOptions(mode=mode, max_new_tokens=max_new_tokens, **shown))
