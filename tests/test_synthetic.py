@@ -122,6 +122,22 @@ def test_completion_parses_and_lengths_match(train_examples, tokenizer, tags):
                 assert tokenizer.decode(list(ev.topic_ids)) == f"{topic} "
 
 
+def test_join_as_text_writes_rounds_after_sync_without_promises(train_examples, tokenizer, tags):
+    profile = TagProfile()
+    joins = [e for e in train_examples if e.family == "join"][:20]
+    assert joins
+    for e in joins:
+        text = completion(e, tokenizer, join="text")
+        first, second = text.split("<sync/>")
+        assert first == completion(e, tokenizer).split("<sync/>")[0]  # the spans' round is unchanged
+        assert "<promise>" not in second and "<async>" not in second
+        assert second == e.rounds[1].spans[0][1]  # the join sentence, as plain text
+        assert strip_tags(text, profile) == strip_tags(completion(e, tokenizer), profile)  # same answer
+        parser = PlanParser(tags)
+        events = [parser.feed(t) for t in tokenizer.encode(second + "<|im_end|>", add_special_tokens=False)]
+        assert events[-1] == RoundEnd("end", 0)  # a legal round with no promise
+
+
 def test_score_accepts_references_and_rejects_altered_facts(train_examples, tokenizer):
     profile = TagProfile()
     for e in train_examples[:200]:

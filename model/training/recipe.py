@@ -24,6 +24,7 @@ class DataConfig:
     seed: int = 0
     vocab_size: int = 2048
     tokenizer: str | None = None  # reuse this tokenizer folder (so a twin shares the vocabulary)
+    join: str = "span"  # rounds after <sync/> as spans, or "text": plain AR text (PD annotation only)
 
 
 def build_tokenizer(data: DataConfig, examples: list[Example]) -> PreTrainedTokenizerFast:
@@ -36,9 +37,9 @@ def build_tokenizer(data: DataConfig, examples: list[Example]) -> PreTrainedToke
     return train_tokenizer(texts, data.vocab_size)
 
 
-def pairs(examples: list[Example], config: TrainConfig, tokenizer) -> list[Pair]:
+def pairs(examples: list[Example], config: TrainConfig, tokenizer, join: str = "span") -> list[Pair]:
     if config.mode == "planned":
-        return [Pair(e.prompt, completion(e, tokenizer)) for e in examples]
+        return [Pair(e.prompt, completion(e, tokenizer, join=join)) for e in examples]
     return [Pair(e.prompt, ar_completion(e)) for e in examples]
 
 
@@ -48,9 +49,12 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
     tokenizer = start.tokenizer if start else build_tokenizer(data, examples)
     tags = TagVocabulary.from_tokenizer(tokenizer)
     codec = TextCodec(tokenizer, TagProfile(), tags)
-    train_set = encode(pairs(examples, config, tokenizer), tokenizer, tags, config, codec.encode_prompt)
+    if data.join not in ("span", "text"):
+        raise InvalidRequestError(f"data.join must be span or text, not {data.join!r}")
+    train_set = encode(pairs(examples, config, tokenizer, data.join), tokenizer, tags, config, codec.encode_prompt)
     validation = make_split("validation", data.validation, data.seed)
-    validation_set = encode(pairs(validation, config, tokenizer), tokenizer, tags, config, codec.encode_prompt)
+    validation_set = encode(pairs(validation, config, tokenizer, data.join), tokenizer, tags, config,
+                            codec.encode_prompt)
     if start:
         return train(config, start.config, tokenizer, tags, train_set, validation_set, output, device, log,
                      initial={k: v.float() for k, v in start.network.state_dict().items()})

@@ -113,11 +113,16 @@ def make_split(split: str, n: int, seed: int = 0, mix: dict[str, float] | None =
 # ----------------------------------------------------------------------------------------------
 # Annotations and scoring
 
-def completion(example: Example, tokenizer, unit: int = 10) -> str:
+def completion(example: Example, tokenizer, unit: int = 10, join: str = "span") -> str:
     """The planned-diffusion annotation: per round its lead text, its promises, then its spans;
-    rounds joined by ``<sync/>``. A promise's number is ceil(span tokens / unit), at least 1."""
+    rounds joined by ``<sync/>``. A promise's number is ceil(span tokens / unit), at least 1.
+    join="text" writes the rounds after a ``<sync/>`` as plain autoregressive text instead (a
+    round with no promise), so a sentence that computes from the spans is decoded left to right."""
     rounds = []
-    for r in example.rounds:
+    for index, r in enumerate(example.rounds):
+        if index and join == "text":
+            rounds.append(" ".join([r.lead] * bool(r.lead) + [text for _, text in r.spans]))
+            continue
         promises, spans = [], []
         for topic, text in r.spans:
             count = len(tokenizer.encode(text, add_special_tokens=False))
