@@ -136,6 +136,8 @@ def run_eval(args) -> int:
     import datetime
     import platform
 
+    from tqdm import tqdm
+
     from plandiff.model import ModelRuntime
     from plandiff.model.training.evaluation import sweep
     from plandiff.model.training.report import add_rows
@@ -151,13 +153,16 @@ def run_eval(args) -> int:
     print(f"{args.model}, mode {args.mode}, {len(examples)} test examples, {device}")
     print(f"{'options':44s} {'accuracy':>8s} {'valid':>6s} {'critical path':>13s} {'s/answer':>8s}")
     rows = []
+    total = len(examples) * len(args.steps_ratio) * len(args.threshold or [None])
+    bar = tqdm(total=total, desc="answers", unit="answer", leave=False, disable=not sys.stderr.isatty())
     for shown, result in sweep(runtime, examples, args.mode, args.steps_ratio, args.order, args.threshold,
-                               args.max_new_tokens):
+                               args.max_new_tokens, lambda: bar.update(1)):
         rows.append({"label": label, "model": args.model, "mode": args.mode, "options": shown, "device": device,
                      "date": datetime.date.today().isoformat(), **result.__dict__})
         text = ", ".join(f"{k}={v}" for k, v in shown.items())
-        print(f"{text:44s} {result.accuracy:8.1%} {result.valid_plans:6.1%} {result.critical_path:13.1f} "
-              f"{result.seconds:8.3f}", flush=True)
+        tqdm.write(f"{text:44s} {result.accuracy:8.1%} {result.valid_plans:6.1%} {result.critical_path:13.1f} "
+                   f"{result.seconds:8.3f}", file=sys.stdout)  # above the progress bar, not through it
+    bar.close()
     if args.report:
         add_rows(args.report, rows)
         print(f"report: {args.report}")

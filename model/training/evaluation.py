@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..options import GenerationOptions
 from ..runtime import ModelRuntime
@@ -23,7 +23,9 @@ class Evaluation:
     seconds: float  # mean wall time per answer
 
 
-def evaluate(runtime: ModelRuntime, examples: list[Example], options: GenerationOptions) -> Evaluation:
+def evaluate(runtime: ModelRuntime, examples: list[Example], options: GenerationOptions,
+             progress: Callable[[], None] = lambda: None) -> Evaluation:
+    """Generate an answer per example and score it; `progress` is called after each one."""
     correct: dict[str, list[bool]] = {}
     valid, forwards, seconds = 0, [], []
     for example in examples:
@@ -33,6 +35,7 @@ def evaluate(runtime: ModelRuntime, examples: list[Example], options: Generation
         correct.setdefault(example.family, []).append(score(example, result.text)["correct"])
         valid += result.fallback is None and result.finish_reason == "end"
         forwards.append(result.usage.forward_passes)
+        progress()
     total = sum(sum(v) for v in correct.values())
     return Evaluation(
         examples=len(examples), accuracy=total / max(1, len(examples)),
@@ -43,9 +46,11 @@ def evaluate(runtime: ModelRuntime, examples: list[Example], options: Generation
 
 
 def sweep(runtime: ModelRuntime, examples: list[Example], mode: str, steps_ratios: list[float], order: str,
-          thresholds: list[float] | None, max_new_tokens: int) -> Iterator[tuple[dict, Evaluation]]:
+          thresholds: list[float] | None, max_new_tokens: int,
+          progress: Callable[[], None] = lambda: None) -> Iterator[tuple[dict, Evaluation]]:
     """One evaluation per steps_ratio × τ: (the options that vary, the evaluation)."""
     for ratio in steps_ratios:
         for tau in thresholds or [None]:
             shown = {"steps_ratio": ratio, "order": order} | ({"threshold": tau} if tau is not None else {})
-            yield shown, evaluate(runtime, examples, GenerationOptions(mode=mode, max_new_tokens=max_new_tokens, **shown))
+            options = GenerationOptions(mode=mode, max_new_tokens=max_new_tokens, **shown)
+            yield shown, evaluate(runtime, examples, options, progress)
