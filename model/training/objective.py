@@ -151,21 +151,20 @@ class Packed:
 
 
 def pack(sequences: list[Sequence], pad_token: int, device: str | torch.device = "cpu") -> Packed:
-    length = max(len(s.tokens) for s in sequences)
-    padding = list(range(_PAD_REGION, _PAD_REGION + length))
-
-    def rows(get, fill) -> torch.Tensor:
-        return torch.tensor([get(s) + (fill if isinstance(fill, list) else [fill] * length)[len(s.tokens):]
-                             for s in sequences], dtype=torch.long)
-
-    maskable = torch.zeros((len(sequences), length), dtype=torch.bool)
+    n, length = len(sequences), max(len(s.tokens) for s in sequences)
+    tokens = torch.full((n, length), pad_token, dtype=torch.long)
+    labels = torch.full((n, length), IGNORE, dtype=torch.long)
+    region = torch.arange(_PAD_REGION, _PAD_REGION + length).repeat(n, 1)
+    epoch = torch.full((n, length), _PAD_EPOCH, dtype=torch.long)
+    maskable = torch.zeros((n, length), dtype=torch.bool)
     for i, s in enumerate(sequences):
+        size = len(s.tokens)
+        tokens[i, :size] = torch.tensor(s.tokens)
+        labels[i, :size] = torch.tensor(s.ar_labels)
+        region[i, :size], epoch[i, :size] = s.layout.tensors()
         maskable[i, s.slots] = True
-    return Packed(
-        rows(lambda s: s.tokens, pad_token).to(device), rows(lambda s: s.ar_labels, IGNORE).to(device),
-        rows(lambda s: s.layout.region, padding).to(device), rows(lambda s: s.layout.epoch, _PAD_EPOCH).to(device),
-        maskable.to(device), torch.tensor([len(s.tokens) for s in sequences], device=device),
-    )
+    lengths = torch.tensor([len(s.tokens) for s in sequences])
+    return Packed(*(t.to(device) for t in (tokens, labels, region, epoch, maskable, lengths)))
 
 
 def make_batch(data: Packed, index: torch.Tensor, mask_token: int, generator: torch.Generator) -> Batch:
