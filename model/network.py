@@ -94,31 +94,31 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.heads * self.head_dim, hidden, bias=False)
 
     def forward(self, x, cos, sin, positions, bias, keys, values):
-        t = x.shape[0]
-        q = self.q_proj(x).view(t, self.heads, self.head_dim).transpose(0, 1)
-        k = self.k_proj(x).view(t, self.kv_heads, self.head_dim).transpose(0, 1)
-        v = self.v_proj(x).view(t, self.kv_heads, self.head_dim).transpose(0, 1)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        """Tokens [T, hidden] at `positions`: their keys and values go into the cache first."""
+        q, k, v = self._project(x, cos, sin)
         keys[:, positions] = k
         values[:, positions] = v
         length = bias.shape[-1]
-        group = self.heads // self.kv_heads
-        k_all = keys[:, :length].repeat_interleave(group, dim=0)
-        v_all = values[:, :length].repeat_interleave(group, dim=0)
-        out = F.scaled_dot_product_attention(q[None], k_all[None], v_all[None], attn_mask=bias)
-        return self.o_proj(out[0].transpose(0, 1).reshape(t, self.heads * self.head_dim))
+        return self._attend(q[None], keys[None, :, :length], values[None, :, :length], bias)[0]
 
     def forward_batch(self, x, cos, sin, bias):
         """Training: whole sequences [B, T, hidden], no cache, differentiable."""
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        return self._attend(*self._project(x, cos, sin), bias)
+
+    def _project(self, x, cos, sin):
+        """x [..., T, hidden] → q [..., heads, T, d] and k, v [..., kv_heads, T, d], q and k rotated."""
+        def heads(projection, count):
+            return projection(x).unflatten(-1, (count, self.head_dim)).transpose(-3, -2)
+
+        q, k = heads(self.q_proj, self.heads), heads(self.k_proj, self.kv_heads)
+        return rotate(q, cos, sin), rotate(k, cos, sin), heads(self.v_proj, self.kv_heads)
+
+    def _attend(self, q, k, v, bias):
+        """q [B, heads, T, d] over k, v [B, kv_heads, L, d] (GQA) → [B, T, hidden]."""
         group = self.heads // self.kv_heads
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+        return self.o_proj(out.transpose(1, 2).flatten(-2))
 
 
 class MLP(nn.Module):
@@ -190,14 +190,16 @@ class DreamNetwork(nn.Module):
         written into `cache` at `positions` first, so a token sees itself and its fellow queries.
         """
         cache.reserve(int(positions.max()) + 1)
-        bias = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
-        bias.masked_fill_(~mask, torch.finfo(self.dtype).min)
-        bias = bias[None, None]
+        bias = self._bias(mask)[None, None]
         cos, sin = self.rotary(positions, self.dtype)
         x = self.model.embed_tokens(input_ids)
         for layer, keys, values in zip(self.model.layers, cache.keys, cache.values):
             x = layer(x, cos, sin, positions, bias, keys, values)
         return self.model.norm(x)
+
+    def _bias(self, mask: torch.Tensor) -> torch.Tensor:
+        """The additive attention bias of a boolean mask (True = may attend)."""
+        return torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill(~mask, torch.finfo(self.dtype).min)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
@@ -206,8 +208,7 @@ class DreamNetwork(nn.Module):
         """Logits [B, T, vocab] for whole sequences `input_ids` [B, T] at positions 0…T−1 with
         `mask` [B, T, T] (True = may attend); differentiable, no cache."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        bias = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device)
-        bias = bias.masked_fill(~mask, torch.finfo(self.dtype).min)[:, None]
+        bias = self._bias(mask)[:, None]
         cos, sin = self.rotary(positions, self.dtype)
         x = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
