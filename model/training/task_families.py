@@ -1,4 +1,5 @@
-"""The synthetic task's four families of examples, drawn from word pools and sentence templates.
+"""The synthetic task's four families of examples, drawn from word pools and sentence templates
+(people and companies come from entities.py).
 
 Each maker takes a `random.Random` and returns one `Example`, or raises `Retry` when a draw does not
 meet its own constraint. Splits, validity checks, annotation and scoring live in synthetic.py.
@@ -9,6 +10,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from typing import Callable
+
+from .entities import (
+    FEMALE, MALE, Entity, article, cap, describe_answer, describe_prompt, draw_entities, entity_facts, invented, join_list,
+    topic_of,
+)
 
 
 class Retry(Exception):
@@ -33,36 +39,8 @@ class Example:
 
 
 # ----------------------------------------------------------------------------------------------
-# Word pools
+# Word pools of the tables, purchases and short questions
 
-FEMALE = ["Maya", "Clara", "Nina", "Sofia", "Elena", "Hannah", "Lucy", "Iris", "Zoe", "Amara", "Greta",
-          "Ingrid", "Leila", "Priya", "Rosa", "Tessa", "Yara", "Alice", "Beatrix", "Daphne", "Freya",
-          "Helga", "Jasmine", "Kira", "Lena", "Mira", "Noor", "Olga", "Paula", "Ruth", "Selma", "Vera"]
-MALE = ["Tom", "Leo", "Omar", "Felix", "Hugo", "Ivan", "Jonas", "Kenji", "Luca", "Marco", "Nils",
-        "Oscar", "Pablo", "Rafael", "Samir", "Theo", "Victor", "Arjun", "Bruno", "Caleb", "Dmitri",
-        "Emil", "Farid", "Gustav", "Henrik", "Idris", "Jakob", "Karim", "Lars", "Mateo", "Noah", "Otto"]
-SURNAMES = ["Chen", "Novak", "Okafor", "Silva", "Berg", "Moreau", "Tanaka", "Kowalski", "Haddad",
-            "Lindqvist", "Rossi", "Mendez", "Petrov", "Nakamura", "Fischer", "Osei", "Varga", "Quinn",
-            "Dubois", "Larsen", "Ibrahim", "Costa", "Weber", "Sato", "Brennan", "Alvarez", "Kaur", "Holm"]
-SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "dor", "sa", "li", "tu", "ne", "zo", "bri", "an", "el",
-             "mar", "tho", "wyn", "fa", "ri", "os", "ta", "quel", "ber", "ni", "so", "va", "del", "ju"]
-CITIES = ["Oslo", "Lima", "Lisbon", "Nairobi", "Kyoto", "Dublin", "Porto", "Quito", "Hanoi", "Tunis",
-          "Bergen", "Krakow", "Leeds", "Seville", "Austin", "Denver", "Perth", "Cork", "Accra", "Bogota",
-          "Cusco", "Graz", "Malmo", "Riga", "Tallinn", "Zagreb", "Lyon", "Bruges", "Osaka", "Madras",
-          "Halifax", "Boise", "Tucson", "Geneva", "Naples", "Turin", "Ghent", "Basel", "Aarhus", "Split"]
-JOBS = ["nurse", "engineer", "teacher", "baker", "pilot", "architect", "librarian", "carpenter", "chef",
-        "dentist", "farmer", "journalist", "lawyer", "mechanic", "painter", "pharmacist", "plumber",
-        "translator", "veterinarian", "electrician", "gardener", "accountant", "photographer", "tailor",
-        "surgeon", "geologist", "florist", "optician", "barber", "potter", "editor", "astronomer"]
-HOBBIES = ["playing chess", "painting", "hiking", "baking bread", "gardening", "swimming",
-           "reading novels", "knitting", "playing the piano", "bird watching", "rock climbing", "cycling",
-           "fishing", "writing poems", "collecting stamps", "running", "cooking", "dancing", "sailing",
-           "taking photos", "playing the guitar", "doing yoga", "skiing", "solving puzzles", "surfing"]
-PETS = ["dog", "cat", "parrot", "rabbit", "tortoise", "hamster", "goldfish", "pony", "ferret", "lizard"]
-PRODUCTS = ["bicycles", "garden tools", "toy trains", "solar panels", "wool sweaters", "coffee machines",
-            "violins", "running shoes", "board games", "kitchen knives", "paper lanterns", "ceramic tiles",
-            "rain boots", "desk lamps", "sailboats", "chocolate bars", "wooden chairs", "fishing rods"]
-COMPANY_SUFFIX = ["Labs", "Works", "Industries", "Group", "Studio", "Company", "Systems", "Trading"]
 UNITS = ["stamps", "coins", "marbles", "books", "shells", "stickers", "points", "apples", "cards",
          "pencils", "badges", "postcards", "seeds", "buttons"]
 ITEMS = [("pen", "pens"), ("notebook", "notebooks"), ("mug", "mugs"), ("lamp", "lamps"),
@@ -79,207 +57,6 @@ WORDS = ["garden", "window", "pencil", "rocket", "silver", "harbor", "lantern", 
          "village", "whistle", "bridge", "candle", "forest", "ladder", "marble", "pocket", "saddle"]
 
 
-def _article(word: str) -> str:
-    return "an" if word[0].lower() in "aeiou" else "a"
-
-
-def _age_article(age: int) -> str:
-    return "an" if age in (8, 11, 18) or 80 <= age <= 89 else "a"
-
-
-def _join(parts: list[str], rng: random.Random) -> str:
-    if len(parts) == 1:
-        return parts[0]
-    conj = rng.choice([" and ", ", and "]) if len(parts) > 2 else " and "
-    return ", ".join(parts[:-1]) + conj + parts[-1]
-
-
-def _cap(s: str) -> str:
-    return s[0].upper() + s[1:]
-
-
-def _invented(rng: random.Random) -> str:
-    return _cap("".join(rng.choice(SYLLABLES) for _ in range(rng.choice([2, 2, 3]))))
-
-
-# ----------------------------------------------------------------------------------------------
-# Entities (people, companies) and their attributes
-
-@dataclass
-class _Entity:
-    kind: str  # "person" | "company"
-    name: str
-    pronoun: str  # "She", "He", "It"
-    attrs: dict[str, int | str]
-
-
-# Per attribute: clauses for the prompt (verb phrases after the subject), compact descriptors for
-# list-style prompts, and clauses for the answer. {v} is the value, {av} the value with its article.
-_PERSON_ATTRS: dict[str, dict[str, list[str]]] = {
-    "age": {
-        "clause": ["is {v} years old", "is {v}", "is aged {v}", "has just turned {v}"],
-        "list": ["{v} years old", "age {v}", "aged {v}"],
-        "answer": ["is {v} years old", "is {v}", "is aged {v}"],
-    },
-    "city": {
-        "clause": ["lives in {v}", "is based in {v}", "comes from {v}", "resides in {v}", "calls {v} home"],
-        "list": ["lives in {v}", "from {v}", "based in {v}", "home: {v}"],
-        "answer": ["lives in {v}", "is based in {v}", "resides in {v}", "calls {v} home", "makes a home in {v}"],
-    },
-    "job": {
-        "clause": ["works as {av}", "is {av}", "has a job as {av}", "earns a living as {av}",
-                   "is employed as {av}"],
-        "list": ["{v}", "works as {av}", "job: {v}"],
-        "answer": ["works as {av}", "is {av}", "has a job as {av}", "earns a living as {av}"],
-    },
-    "hobby": {
-        "clause": ["enjoys {v}", "likes {v}", "loves {v}", "spends weekends {v}"],
-        "list": ["enjoys {v}", "hobby: {v}", "likes {v}"],
-        "answer": ["enjoys {v}", "likes {v}", "loves {v}", "spends free time {v}"],
-    },
-    "pet": {
-        "clause": ["has {av}", "owns {av}", "keeps {av} at home"],
-        "list": ["has {av}", "owns {av}", "pet: {v}"],
-        "answer": ["has {av}", "owns {av}", "keeps {av} as a pet"],
-    },
-}
-_COMPANY_ATTRS: dict[str, dict[str, list[str]]] = {
-    "founded": {
-        "clause": ["was founded in {v}", "dates back to {v}", "opened in {v}", "has existed since {v}"],
-        "list": ["founded in {v}", "since {v}", "established {v}"],
-        "answer": ["was founded in {v}", "dates back to {v}", "has existed since {v}", "opened in {v}"],
-    },
-    "city": {
-        "clause": ["is based in {v}", "has its headquarters in {v}", "is located in {v}"],
-        "list": ["based in {v}", "headquarters in {v}", "in {v}"],
-        "answer": ["is based in {v}", "has its headquarters in {v}", "is located in {v}"],
-    },
-    "product": {
-        "clause": ["makes {v}", "sells {v}", "produces {v}"],
-        "list": ["makes {v}", "sells {v}", "product: {v}"],
-        "answer": ["makes {v}", "sells {v}", "produces {v}", "is known for its {v}"],
-    },
-    "staff": {
-        "clause": ["employs {v} people", "has {v} employees", "has a staff of {v}"],
-        "list": ["{v} employees", "{v} staff", "staff of {v}"],
-        "answer": ["employs {v} people", "has {v} employees", "has a staff of {v}"],
-    },
-}
-
-
-def _attrs_table(kind: str) -> dict[str, dict[str, list[str]]]:
-    return _PERSON_ATTRS if kind == "person" else _COMPANY_ATTRS
-
-
-def _fill(template: str, value: int | str) -> str:
-    v = str(value)
-    return template.format(v=v, av=f"{_article(v)} {v}")
-
-
-def _entities(rng: random.Random, kind: str, n: int, n_attrs: int, required: str) -> list[_Entity]:
-    """n entities of one kind with distinct names and distinct values per attribute."""
-    table = _attrs_table(kind)
-    optional = [k for k in table if k != required]
-    keys = [required, *rng.sample(optional, n_attrs - 1)]
-    names: list[str] = []
-    pronouns: list[str] = []
-    while len(names) < n:
-        if kind == "person":
-            female = rng.random() < 0.5
-            first = rng.choice(FEMALE if female else MALE) if rng.random() < 0.75 else _invented(rng)
-            r = rng.random()
-            name = first if r < 0.45 else f"{first} {rng.choice(SURNAMES)}" if r < 0.85 else f"{first} {_invented(rng)}"
-            pronoun = "She" if female else "He"
-        else:
-            base = _invented(rng) if rng.random() < 0.6 else rng.choice(SURNAMES)
-            name = f"{base} {rng.choice(COMPANY_SUFFIX)}"
-            pronoun = "It"
-        first_word = name.split()[0]
-        if any(first_word == other.split()[0] for other in names):
-            continue
-        names.append(name)
-        pronouns.append(pronoun)
-    values: dict[str, list[int | str]] = {}
-    for key in keys:
-        if key == "age":
-            values[key] = rng.sample(range(19, 90), n)
-        elif key == "founded":
-            values[key] = rng.sample(range(1850, 2021), n)
-        elif key == "staff":
-            values[key] = rng.sample(range(12, 990), n)
-        else:
-            pool = {"city": CITIES, "job": JOBS, "hobby": HOBBIES, "pet": PETS, "product": PRODUCTS}[key]
-            values[key] = rng.sample(pool, n)
-    return [_Entity(kind, names[i], pronouns[i], {k: values[k][i] for k in keys}) for i in range(n)]
-
-
-def _describe_prompt(rng: random.Random, entities: list[_Entity], bullets: bool = True) -> str:
-    """The facts of the prompt, in one of four layouts."""
-    table = _attrs_table(entities[0].kind)
-    style = rng.choice(["sentence", "split", "list", "by_attribute"])
-    if style == "by_attribute":
-        keys = list(entities[0].attrs)
-        rng.shuffle(keys)
-        sentences = []
-        for key in keys:
-            parts = [f"{e.name} {_fill(rng.choice(table[key]['clause']), e.attrs[key])}" for e in entities]
-            sentences.append(_join(parts, rng) + ".")
-        return " ".join(sentences)
-    out = []
-    bullet = rng.choice(["", "- "]) if bullets else ""
-    for e in entities:
-        keys = list(e.attrs)
-        rng.shuffle(keys)
-        if style == "list":
-            descriptors = [_fill(rng.choice(table[k]["list"]), e.attrs[k]) for k in keys]
-            out.append(f"{bullet}{e.name}: {', '.join(descriptors)}.")
-        elif style == "sentence":
-            clauses = [_fill(rng.choice(table[k]["clause"]), e.attrs[k]) for k in keys]
-            out.append(f"{e.name} {_join(clauses, rng)}.")
-        else:
-            cut = rng.randint(1, max(1, len(keys) - 1))
-            first = [_fill(rng.choice(table[k]["clause"]), e.attrs[k]) for k in keys[:cut]]
-            rest = [_fill(rng.choice(table[k]["clause"]), e.attrs[k]) for k in keys[cut:]]
-            text = f"{e.name} {_join(first, rng)}."
-            if rest:
-                subject = e.pronoun if rng.random() < 0.7 else e.name.split()[0]
-                text += f" {subject} {_join(rest, rng)}."
-            out.append(text)
-    sep = "\n" if style == "list" and bullet else " "
-    return sep.join(out)
-
-
-def _describe_answer(rng: random.Random, e: _Entity) -> str:
-    """One span: the entity with every fact restated."""
-    table = _attrs_table(e.kind)
-    keys = list(e.attrs)
-    rng.shuffle(keys)
-    if e.kind == "person" and "age" in keys and "job" in keys and rng.random() < 0.35:
-        age, job = e.attrs["age"], e.attrs["job"]
-        head = f"{e.name} is {_age_article(int(age))} {age}-year-old {job}"
-        rest = [_fill(rng.choice(table[k]["answer"]), e.attrs[k]) for k in keys if k not in ("age", "job")]
-        if not rest:
-            return head + "."
-        if rng.random() < 0.5:
-            return f"{head} who {_join(rest, rng)}."
-        return f"{head}. {e.pronoun} {_join(rest, rng)}."
-    clauses = [_fill(rng.choice(table[k]["answer"]), e.attrs[k]) for k in keys]
-    if len(clauses) >= 4 and rng.random() < 0.5:
-        cut = len(clauses) // 2
-        return f"{e.name} {_join(clauses[:cut], rng)}. {e.pronoun} {_join(clauses[cut:], rng)}."
-    return f"{e.name} {_join(clauses, rng)}."
-
-
-def _topic(e: _Entity) -> str:
-    """A span's topic: the name's first word, unique among the entities (a plan token is a
-    sequential step, so topics stay short)."""
-    return e.name.split()[0]
-
-
-def _entity_facts(e: _Entity) -> list[str]:
-    return [e.name, *(str(v) for v in e.attrs.values())]
-
-
 _NOUNS = {"person": ("person", "people"), "company": ("company", "companies")}
 
 
@@ -294,23 +71,23 @@ def _profile_instruction(rng: random.Random, kind: str, n: int) -> tuple[str, st
     return intro, ask
 
 
-def _profile_setup(rng: random.Random, n: int) -> list[_Entity]:
+def _profile_setup(rng: random.Random, n: int) -> list[Entity]:
     kind = "person" if rng.random() < 0.7 else "company"
     required = "age" if kind == "person" else rng.choice(["founded", "staff"])
     # Every fact a span restates makes the span longer than its promise in the plan: long spans
     # are where parallel denoising pays.
     n_attrs = rng.randint(4, 5) if kind == "person" else 4
-    return _entities(rng, kind, n, n_attrs, required)
+    return draw_entities(rng, kind, n, n_attrs, required)
 
 
 def _profiles(rng: random.Random) -> Example:
     n = rng.randint(2, 4)
     entities = _profile_setup(rng, n)
     intro, ask = _profile_instruction(rng, entities[0].kind, n)
-    facts_text = _describe_prompt(rng, entities)
+    facts_text = describe_prompt(rng, entities)
     prompt = _compose(rng, intro, facts_text, ask)
-    spans = [(_topic(e), _describe_answer(rng, e)) for e in entities]
-    facts = [f for e in entities for f in _entity_facts(e)]
+    spans = [(topic_of(e), describe_answer(rng, e)) for e in entities]
+    facts = [f for e in entities for f in entity_facts(e)]
     return Example("profiles", prompt, [Round(spans)], facts)
 
 
@@ -331,16 +108,16 @@ def _owners_table(rng: random.Random, n: int):
     unit = rng.choice(UNITS)
     style = rng.randrange(4)
     if style == 0:
-        body = _join([f"{x} has {v} {unit}" if i == 0 or rng.random() < 0.5 else f"{x} has {v}"
+        body = join_list([f"{x} has {v} {unit}" if i == 0 or rng.random() < 0.5 else f"{x} has {v}"
                       for i, (x, v) in enumerate(zip(names, values))], rng) + "."
     elif style == 1:
-        body = f"{_cap(unit[:-1] if unit.endswith('s') else unit)} counts: " + ", ".join(
+        body = f"{cap(unit[:-1] if unit.endswith('s') else unit)} counts: " + ", ".join(
             f"{x} {v}" for x, v in zip(names, values)) + "."
     elif style == 2:
         verb = rng.choice(["owns", "has", "collected"])
         body = " ".join(f"{x} {verb} {v} {unit}." for x, v in zip(names, values))
     else:
-        body = "After counting, " + _join([f"{x} ends up with {v}" for x, v in zip(names, values)], rng) + f" {unit}."
+        body = "After counting, " + join_list([f"{x} ends up with {v}" for x, v in zip(names, values)], rng) + f" {unit}."
     return names, values, unit, body
 
 
@@ -401,7 +178,7 @@ def _prices_table(rng: random.Random, n: int):
     style = rng.randrange(3)
     if style == 0:
         place = rng.choice(["At the market", "In the shop", "At the fair", "In the store"])
-        body = f"{place}, " + _join([f"{_article(s)} {s} costs {p} {cur}" for (s, _), p in zip(items, prices)], rng) + "."
+        body = f"{place}, " + join_list([f"{article(s)} {s} costs {p} {cur}" for (s, _), p in zip(items, prices)], rng) + "."
     elif style == 1:
         body = f"Price list in {cur}: " + ", ".join(f"{s} {p}" for (s, _), p in zip(items, prices)) + "."
     else:
@@ -415,16 +192,16 @@ def _price_question(rng: random.Random, kind: str, items, prices, cur):
     singles = [s for s, _ in items]
     if kind == "lookup":
         s = rng.choice(singles)
-        q = rng.choice([f"How much does {_article(s)} {s} cost?", f"What is the price of {_article(s)} {s}?"])
-        a = rng.choice([f"{_cap(_article(s))} {s} costs {p[s]} {cur}.", f"The {s} is priced at {p[s]} {cur}."])
+        q = rng.choice([f"How much does {article(s)} {s} cost?", f"What is the price of {article(s)} {s}?"])
+        a = rng.choice([f"{cap(article(s))} {s} costs {p[s]} {cur}.", f"The {s} is priced at {p[s]} {cur}."])
         return q, f"the {s}", a, str(p[s])
     if kind == "sum":
         s, t = rng.sample(singles, 2)
-        q = rng.choice([f"What do {_article(s)} {s} and {_article(t)} {t} cost together?",
-                        f"How much would {_article(s)} {s} plus {_article(t)} {t} cost?"])
-        a = rng.choice([f"{_cap(_article(s))} {s} costs {p[s]} and {_article(t)} {t} costs {p[t]}, so together "
+        q = rng.choice([f"What do {article(s)} {s} and {article(t)} {t} cost together?",
+                        f"How much would {article(s)} {s} plus {article(t)} {t} cost?"])
+        a = rng.choice([f"{cap(article(s))} {s} costs {p[s]} and {article(t)} {t} costs {p[t]}, so together "
                         f"they cost {p[s] + p[t]} {cur}.",
-                        f"At {p[s]} and {p[t]} {cur}, {_article(s)} {s} and {_article(t)} {t} cost {p[s] + p[t]} {cur} "
+                        f"At {p[s]} and {p[t]} {cur}, {article(s)} {s} and {article(t)} {t} cost {p[s] + p[t]} {cur} "
                         "together."])
         return q, f"{s} and {t}", a, str(p[s] + p[t])
     if kind == "multiple":
@@ -439,8 +216,8 @@ def _price_question(rng: random.Random, kind: str, items, prices, cur):
         s, t = rng.sample(singles, 2)
         if p[s] < p[t]:
             s, t = t, s
-        q = rng.choice([f"How much more does {_article(s)} {s} cost than {_article(t)} {t}?"])
-        a = rng.choice([f"{_cap(_article(s))} {s} costs {p[s]} and {_article(t)} {t} costs {p[t]}, so the {s} costs "
+        q = rng.choice([f"How much more does {article(s)} {s} cost than {article(t)} {t}?"])
+        a = rng.choice([f"{cap(article(s))} {s} costs {p[s]} and {article(t)} {t} costs {p[t]}, so the {s} costs "
                         f"{p[s] - p[t]} {cur} more.",
                         f"At {p[s]} against {p[t]} {cur}, the {s} is {p[s] - p[t]} {cur} dearer than the {t}."])
         return q, f"{s} versus {t}", a, str(p[s] - p[t])
@@ -531,10 +308,10 @@ def _join_profiles(rng: random.Random) -> Example:
             q = rng.choice([f"Then say which company is the {word}.", f"Finally, which one has the {word} staff?"])
             final, sentence = x, rng.choice([f"{x} is the {word} by staff.", f"The {word} company is {x}."])
             topic = word
-    facts_text = _describe_prompt(rng, entities)
+    facts_text = describe_prompt(rng, entities)
     prompt = _compose(rng, intro, facts_text, f"{ask} {q}")
-    spans = [(_topic(e), _describe_answer(rng, e)) for e in entities]
-    facts = [f for e in entities for f in _entity_facts(e)]
+    spans = [(topic_of(e), describe_answer(rng, e)) for e in entities]
+    facts = [f for e in entities for f in entity_facts(e)]
     return Example("join", prompt, [Round(spans), Round([(topic, sentence)])], facts, final)
 
 
@@ -574,7 +351,7 @@ def _join_purchases(rng: random.Random) -> Example:
     for x, (_, pl), t in zip(names, items, totals):
         k, price = totals_of[x]
         spans.append((x, rng.choice([f"{x} buys {NUMBER_WORDS[k]} {pl} at {price} {cur} each, so {x} spends {t} {cur}.",
-                                     f"{_cap(NUMBER_WORDS[k])} {pl} at {price} {cur} each cost {x} {t} {cur}.",
+                                     f"{cap(NUMBER_WORDS[k])} {pl} at {price} {cur} each cost {x} {t} {cur}.",
                                      f"{x} pays {k} times {price}, which is {t} {cur} for the {pl}."])))
     prompt = f"{body} {q}" if rng.random() < 0.7 else f"{q} {body}"
     return Example("join", prompt, [Round(spans), Round([(topic, sentence)])], [str(t) for t in totals], final)
@@ -605,7 +382,7 @@ def _short(rng: random.Random) -> Example:
         answer = rng.choice([f"The {word} number is {r}.", f"{r} is the {word} one."])
         fact = str(r)
     elif kind == 2:
-        w = rng.choice(WORDS + [_invented(rng).lower() for _ in range(3)])
+        w = rng.choice(WORDS + [invented(rng).lower() for _ in range(3)])
         prompt = rng.choice([f"How many letters are in the word '{w}'?", f"Count the letters in \"{w}\"."])
         answer = rng.choice([f"The word {w} has {len(w)} letters.", f"It has {len(w)} letters."])
         fact = str(len(w))
@@ -626,9 +403,9 @@ def _short(rng: random.Random) -> Example:
         answer = rng.choice([f"{a} is {parity}.", f"It is {parity}."])
         fact = parity
     else:
-        e = _entities(rng, "person", 1, rng.randint(2, 3), "age")[0]
+        e = draw_entities(rng, "person", 1, rng.randint(2, 3), "age")[0]
         key = rng.choice([k for k in e.attrs if k != "age"] + ["age"])
-        body = _describe_prompt(rng, [e], bullets=False)
+        body = describe_prompt(rng, [e], bullets=False)
         first = e.name.split()[0]
         qs = {"age": f"How old is {first}?", "city": f"Where does {first} live?",
               "job": f"What does {first} do for a living?", "hobby": f"What does {first} enjoy doing?",
@@ -636,8 +413,8 @@ def _short(rng: random.Random) -> Example:
         prompt = f"{body} {qs[key]}" if rng.random() < 0.7 else f"{qs[key]} {body}"
         v = e.attrs[key]
         answers = {"age": f"{first} is {v} years old.", "city": f"{first} lives in {v}.",
-                   "job": f"{first} works as {_article(str(v))} {v}.", "hobby": f"{first} enjoys {v}.",
-                   "pet": f"{first} has {_article(str(v))} {v}."}
+                   "job": f"{first} works as {article(str(v))} {v}.", "hobby": f"{first} enjoys {v}.",
+                   "pet": f"{first} has {article(str(v))} {v}."}
         answer = answers[key]
         fact = str(v)
     return Example("short", prompt, [Round([], lead=answer)], [fact])
