@@ -59,6 +59,9 @@ def test_bad_recipe_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["train", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "steps" in err and "unknown" in err
+    path.write_text("output: x\ndata:\n  join: sometimes\n")
+    assert cli.main(["train", "--config", str(path)]) == 2  # refused before any data is drawn
+    assert "data.join must be span or text" in capsys.readouterr().err
 
 
 def test_eval_writes_a_report_that_accumulates(tmp_path, capsys):

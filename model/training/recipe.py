@@ -26,6 +26,10 @@ class DataConfig:
     tokenizer: str | None = None  # reuse this tokenizer folder (so a twin shares the vocabulary)
     join: str = "span"  # rounds after <sync/> as spans, or "text": plain AR text (PD annotation only)
 
+    def __post_init__(self) -> None:
+        if self.join not in ("span", "text"):
+            raise InvalidRequestError(f"data.join must be span or text, not {self.join!r}")
+
 
 def build_tokenizer(data: DataConfig, examples: list[Example]) -> PreTrainedTokenizerFast:
     """The tokenizer `data` names, or one trained on `examples` (deterministic: the same examples
@@ -49,22 +53,20 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
     tokenizer = start.tokenizer if start else build_tokenizer(data, examples)
     tags = TagVocabulary.from_tokenizer(tokenizer)
     codec = TextCodec(tokenizer, TagProfile(), tags)
-    if data.join not in ("span", "text"):
-        raise InvalidRequestError(f"data.join must be span or text, not {data.join!r}")
     train_set = encode(pairs(examples, config, tokenizer, data.join), tokenizer, tags, config, codec.encode_prompt)
     validation = make_split("validation", data.validation, data.seed)
     validation_set = encode(pairs(validation, config, tokenizer, data.join), tokenizer, tags, config,
                             codec.encode_prompt)
     if start:
-        return train(config, start.config, tokenizer, tags, train_set, validation_set, output, device, log,
-                     initial={k: v.float() for k, v in start.network.state_dict().items()})
-    vocab = max(tokenizer.get_vocab().values()) + 1
-    network = DreamConfig(**{
-        "vocab_size": -(-vocab // 64) * 64, "mask_token_id": tags.mask, "pad_token_id": tags.pad,
-        "bos_token_id": tags.end[-1], "eos_token_id": tags.end[-1], "max_position_embeddings": 1024,
-        "rope_theta": 10000.0, "disable_block_sparsity": config.dense, **config.network,
-    })
-    return train(config, network, tokenizer, tags, train_set, validation_set, output, device, log)
+        network, initial = start.config, start.network.state_dict()  # loaded in float32
+    else:
+        vocab = max(tokenizer.get_vocab().values()) + 1
+        network, initial = DreamConfig(**{
+            "vocab_size": -(-vocab // 64) * 64, "mask_token_id": tags.mask, "pad_token_id": tags.pad,
+            "bos_token_id": tags.end[-1], "eos_token_id": tags.end[-1], "max_position_embeddings": 1024,
+            "rope_theta": 10000.0, "disable_block_sparsity": config.dense, **config.network,
+        }), None
+    return train(config, network, tokenizer, tags, train_set, validation_set, output, device, log, initial)
 
 
 def _start(config: TrainConfig, data: DataConfig) -> Checkpoint | None:
