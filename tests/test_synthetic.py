@@ -1,7 +1,9 @@
 """The synthetic training task (model/training/synthetic.py) and its tokenizer (tokenizer.py)."""
 
 import math
+import multiprocessing
 import re
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 from transformers import PreTrainedTokenizerFast
@@ -9,6 +11,7 @@ from transformers import PreTrainedTokenizerFast
 from plandiff.model.plan_parser import Malformed, PlanParser, RoundEnd, SpanPromised
 from plandiff.model.result import strip_tags
 from plandiff.model.tags import TagProfile, TagVocabulary
+from plandiff.model.training import synthetic
 from plandiff.model.training.synthetic import (
     FAMILIES, MAX_PROMPT_WORDS, Example, ar_completion, completion, make_split, score,
 )
@@ -36,6 +39,17 @@ def test_deterministic():
     a, b = make_split("validation", 60, seed=3), make_split("validation", 60, seed=3)
     assert a == b
     assert [e.prompt for e in make_split("validation", 60, seed=4)] != [e.prompt for e in a]
+
+
+def test_shards_drawn_in_parallel_give_the_same_examples(monkeypatch):
+    """A split is drawn in seeded shards; a pool of processes changes nothing but the speed, and
+    the first shard is the split's first examples."""
+    monkeypatch.setattr(synthetic, "SHARD", 40)
+    serial = make_split("validation", 130, seed=3)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        assert make_split("validation", 130, seed=3, pool=pool) == serial
+    assert len({e.prompt for e in serial}) == 130
+    assert serial[:40] == make_split("validation", 40, seed=3)
 
 
 def test_splits_are_disjoint_and_deduplicated(train_examples):

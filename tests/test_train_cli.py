@@ -32,6 +32,22 @@ def test_train_writes_a_loadable_checkpoint(tmp_path, capsys, mode):
     assert result.finish_reason in ("end", "length") and result.token_ids
 
 
+def test_the_weights_kept_are_those_of_the_best_validation(tmp_path, capsys):
+    """A learning rate far too high makes validation worse after the first steps: the checkpoint
+    saved is the one of the lowest validation loss, not the last."""
+    recipe = yaml.safe_load(open(RECIPE))
+    recipe.update(output=str(tmp_path / "out"), learning_rate=3.0, warmup_steps=1, eval_every=1)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert cli.main(["train", "--config", str(tmp_path / "r.yaml"), "--steps", "6", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    losses = [json.loads(line)["validation_loss"] for line in err.splitlines() if '"validation"' in line]
+    assert len(losses) == 6 and min(losses) < losses[-1]
+    best = losses.index(min(losses)) + 1
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["step"] == best and summary["last"]["step"] == 6
+    assert json.loads((tmp_path / "out" / "training.json").read_text())["metrics"]["step"] == best
+
+
 def test_training_continues_from_a_checkpoint(tmp_path, capsys):
     """`init`: the checkpoint's weights, network and tokenizer are the starting point."""
     recipe = yaml.safe_load(open(RECIPE))

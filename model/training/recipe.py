@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
@@ -14,6 +18,7 @@ from ..loading import Checkpoint, load_checkpoint, load_tokenizer
 from ..tags import TagProfile, TagVocabulary
 from .synthetic import Example, ar_completion, completion, make_split
 from .tokenizer import train_tokenizer
+from .objective import Sequence
 from .trainer import Pair, TrainConfig, encode, train
 
 
@@ -49,14 +54,16 @@ def pairs(examples: list[Example], config: TrainConfig, tokenizer, join: str = "
 
 def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str | None = None, log=None) -> dict:
     start = _start(config, data)
-    examples = make_split("train", data.train, data.seed)
-    tokenizer = start.tokenizer if start else build_tokenizer(data, examples)
+    # Drawing and encoding examples is pure Python: spread over the cores (one per chunk of work).
+    with ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("fork")) as pool:
+        examples = make_split("train", data.train, data.seed, pool=pool)
+        tokenizer = start.tokenizer if start else build_tokenizer(data, examples)
+        validation = make_split("validation", data.validation, data.seed)
+        train_set, validation_set = (
+            [s for chunk in pool.map(_encode, _chunks(split), repeat(config), repeat(tokenizer), repeat(data.join))
+             for s in chunk]
+            for split in (examples, validation))
     tags = TagVocabulary.from_tokenizer(tokenizer)
-    codec = TextCodec(tokenizer, TagProfile(), tags)
-    train_set = encode(pairs(examples, config, tokenizer, data.join), tokenizer, tags, config, codec.encode_prompt)
-    validation = make_split("validation", data.validation, data.seed)
-    validation_set = encode(pairs(validation, config, tokenizer, data.join), tokenizer, tags, config,
-                            codec.encode_prompt)
     if start:
         network, initial = start.config, start.network.state_dict()  # loaded in float32
     else:
@@ -67,6 +74,20 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
             "rope_theta": 10000.0, "disable_block_sparsity": config.dense, **config.network,
         }), None
     return train(config, network, tokenizer, tags, train_set, validation_set, output, device, log, initial)
+
+
+def _workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _chunks(examples: list[Example], size: int = 5000) -> list[list[Example]]:
+    return [examples[i:i + size] for i in range(0, len(examples), size)]
+
+
+def _encode(examples: list[Example], config: TrainConfig, tokenizer, join: str) -> list[Sequence]:
+    tags = TagVocabulary.from_tokenizer(tokenizer)
+    codec = TextCodec(tokenizer, TagProfile(), tags)
+    return encode(pairs(examples, config, tokenizer, join), tokenizer, tags, config, codec.encode_prompt)
 
 
 def _start(config: TrainConfig, data: DataConfig) -> Checkpoint | None:

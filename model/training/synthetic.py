@@ -28,6 +28,7 @@ import hashlib
 import math
 import random
 import re
+from concurrent.futures import Executor
 
 from .task_families import MAKERS, Example, Retry
 
@@ -83,18 +84,43 @@ def generate(rng: random.Random, family: str) -> Example:
     raise RuntimeError(f"could not draw a valid {family} example")
 
 
-def make_split(split: str, n: int, seed: int = 0, mix: dict[str, float] | None = None) -> list[Example]:
-    """n distinct examples of a split; the same arguments give the same examples.
+SHARD = 10_000  # examples drawn from one seeded stream; shards are drawn in parallel
+
+
+def make_split(split: str, n: int, seed: int = 0, mix: dict[str, float] | None = None,
+               pool: Executor | None = None) -> list[Example]:
+    """n distinct examples of a split; the same arguments give the same examples, with or without
+    a `pool` of worker processes to draw them in.
 
     A prompt belongs to one split only (a hash of its text picks it), so splits never share a
-    prompt, whatever their seeds. `mix` weights the families (DEFAULT_MIX by default).
+    prompt, whatever their seeds. `mix` weights the families (DEFAULT_MIX by default). Examples come
+    in shards of SHARD from their own seeded streams, concatenated in order with repeats dropped;
+    the first SHARD examples of a split are its first shard's.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     mix = mix or DEFAULT_MIX
+    out: list[Example] = []
+    seen: set[str] = set()
+    shard = 0
+    while len(out) < n:
+        # Shards for what is missing, all at once; a repeat across shards costs a small top-up.
+        missing = n - len(out)
+        sizes = [SHARD] * (missing // SHARD) + [missing % SHARD] * bool(missing % SHARD)
+        jobs = [(split, size, seed, mix, shard + k) for k, size in enumerate(sizes)]
+        shard += len(jobs)
+        for drawn in (pool.map(_shard, *zip(*jobs)) if pool else map(_shard, *zip(*jobs))):
+            for example in drawn:
+                if example.prompt not in seen and len(out) < n:
+                    seen.add(example.prompt)
+                    out.append(example)
+    return out
+
+
+def _shard(split: str, n: int, seed: int, mix: dict[str, float], index: int) -> list[Example]:
     families = [f for f in FAMILIES if mix.get(f, 0) > 0]
     weights = [mix[f] for f in families]
-    rng = random.Random(f"plandiff-synthetic/{seed}/{split}")
+    rng = random.Random(f"plandiff-synthetic/{seed}/{split}" + (f"/{index}" if index else ""))
     seen: set[str] = set()
     out: list[Example] = []
     attempts = 0

@@ -75,8 +75,9 @@ def train(
     log: Callable[[dict], None] | None = None,
     initial: dict[str, torch.Tensor] | None = None,
 ) -> dict:
-    """Train a network from scratch, or from the weights `initial`, and save it to `output`;
-    return the final metrics."""
+    """Train a network from scratch, or from the weights `initial`, and save to `output` the weights
+    of the evaluation with the lowest validation loss; return that evaluation's metrics (and the
+    last evaluation's under "last" when they differ)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         # The CPU only launches kernels: many threads only contend (measured: a 16-core host spent
@@ -101,6 +102,7 @@ def train(
     started = time.perf_counter()
     validating = 0.0  # seconds spent on validation, left out of the step time
     metrics: dict = {}
+    best: tuple[float, dict, dict] | None = None  # (validation loss, metrics, weights) of the best evaluation
     for step in range(1, config.steps + 1):
         network.train()
         index = torch.randperm(len(train_data), generator=generator, device=device)[:config.batch_size]
@@ -121,6 +123,12 @@ def train(
             metrics = {"step": step, "train_loss": stats["loss"], "validation_loss": validation_loss,
                        "seconds": round(elapsed, 1), "seconds_per_step": round((elapsed - validating) / step, 4)}
             log(metrics)
+            if best is None or validation_loss < best[0]:
+                best = (validation_loss, metrics, {k: v.detach().clone() for k, v in network.state_dict().items()})
+    # The weights kept are those of the lowest validation loss: a model that starts to overfit its
+    # training set is not shipped past its best point.
+    network.load_state_dict(best[2])
+    metrics = best[1] if best[1] is metrics else best[1] | {"last": metrics}
     network.eval()
     # Stored in bf16 (half the bytes), loaded in fp32 by default: bf16 matmuls are slow on most CPUs.
     network_config.torch_dtype = "float32"
