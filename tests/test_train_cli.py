@@ -28,6 +28,7 @@ def test_train_writes_a_loadable_checkpoint(tmp_path, capsys, mode):
     assert runtime.checkpoint.config.hidden_size == 64
     saved = json.loads((tmp_path / mode / "training.json").read_text())
     assert saved["config"]["mode"] == mode and saved["metrics"]["step"] == 2
+    assert saved["data"]["train"] == 200 and saved["data"]["join"] == "span"
     result = runtime.generate("Which is larger, 728 or 502?", GenerationOptions(max_new_tokens=8))
     assert result.finish_reason in ("end", "length") and result.token_ids
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import repeat
 from pathlib import Path
 
@@ -73,7 +73,8 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
             "bos_token_id": tags.end[-1], "eos_token_id": tags.end[-1], "max_position_embeddings": 1024,
             "rope_theta": 10000.0, "disable_block_sparsity": config.dense, **config.network,
         }), None
-    return train(config, network, tokenizer, tags, train_set, validation_set, output, device, log, initial)
+    return train(config, network, tokenizer, tags, train_set, validation_set, output, device, log, initial,
+                 record={"data": asdict(data)})
 
 
 def _workers() -> int:

@@ -74,6 +74,7 @@ def train(
     device: str | None = None,
     log: Callable[[dict], None] | None = None,
     initial: dict[str, torch.Tensor] | None = None,
+    record: dict | None = None,
 ) -> dict:
     """Train a network from scratch, or from the weights `initial`, and save to `output` the weights
     of the evaluation with the lowest validation loss; return that evaluation's metrics (and the
@@ -133,7 +134,9 @@ def train(
     # Stored in bf16 (half the bytes), loaded in fp32 by default: bf16 matmuls are slow on most CPUs.
     network_config.torch_dtype = "float32"
     save_checkpoint(output, network_config, network.to(torch.bfloat16).cpu(), tokenizer)
-    Path(output, "training.json").write_text(json.dumps({"config": asdict(config), "metrics": metrics}, indent=2))
+    # What made these weights: the training settings, `record` (the data settings), the metrics.
+    summary = {"config": asdict(config), **(record or {}), "metrics": metrics}
+    Path(output, "training.json").write_text(json.dumps(summary, indent=2))
     return metrics
 
 
