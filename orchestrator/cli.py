@@ -151,7 +151,7 @@ def run_eval(args) -> int:
     device = args.device if not args.device.startswith("cuda") else torch_device_name(args.device)
     device = f"{device}, {platform.processor() or platform.machine()}" if device == "cpu" else device
     print(f"{args.model}, mode {args.mode}, {len(examples)} test examples, {device}")
-    print(f"{'options':44s} {'accuracy':>8s} {'valid':>6s} {'critical path':>13s} {'s/answer':>8s}")
+    print(f"{'options':44s} {'accuracy':>8s} {'valid':>6s} {'critical path':>13s} {'denoising':>9s} {'s/answer':>8s}")
     rows = []
     total = len(examples) * len(args.steps_ratio) * len(args.threshold or [None])
     bar = tqdm(total=total, desc="answers", unit="answer", leave=False, disable=not sys.stderr.isatty())
@@ -160,8 +160,9 @@ def run_eval(args) -> int:
         rows.append({"label": label, "model": args.model, "mode": args.mode, "options": shown, "device": device,
                      "date": datetime.date.today().isoformat(), **result.__dict__})
         text = ", ".join(f"{k}={v}" for k, v in shown.items())
+        # above the progress bar, not through it
         tqdm.write(f"{text:44s} {result.accuracy:8.1%} {result.valid_plans:6.1%} {result.critical_path:13.1f} "
-                   f"{result.seconds:8.3f}", file=sys.stdout)  # above the progress bar, not through it
+                   f"{result.denoising:9.1f} {result.seconds:8.3f}", file=sys.stdout)
     bar.close()
     if args.report:
         add_rows(args.report, rows)

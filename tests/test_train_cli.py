@@ -95,7 +95,8 @@ def test_eval_writes_a_report_that_accumulates(tmp_path, capsys):
     ]
     for row in rows:
         assert row["examples"] == 4 and 0 <= row["accuracy"] <= 1 and 0 <= row["valid_plans"] <= 1
-        assert row["critical_path"] > 0 and set(row["by_family"]) <= {"profiles", "subquestions", "join", "short"}
+        assert row["critical_path"] > row["denoising"] >= 0
+        assert set(row["by_family"]) <= {"profiles", "subquestions", "join", "short"}
     assert rows[0]["critical_path"] >= rows[1]["critical_path"]  # fewer steps, never more forwards
     table = (report / "results.md").read_text()
     assert "| PD | steps_ratio=0.5, order=adaptive, threshold=0.9 |" in table and "| AR |" in table

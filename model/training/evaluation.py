@@ -20,6 +20,7 @@ class Evaluation:
     by_family: dict[str, float]
     valid_plans: float  # answers that ended normally with no malformed-plan fallback
     critical_path: float  # mean sequential forwards per answer
+    denoising: float  # of which denoising steps (the rest: prompt, plan and plain-text tokens)
     seconds: float  # mean wall time per answer
 
 
@@ -27,7 +28,7 @@ def evaluate(runtime: ModelRuntime, examples: list[Example], options: Generation
              progress: Callable[[], None] = lambda: None) -> Evaluation:
     """Generate an answer per example and score it; `progress` is called after each one."""
     correct: dict[str, list[bool]] = {}
-    valid, forwards, seconds = 0, [], []
+    valid, forwards, denoising, seconds = 0, [], [], []
     for example in examples:
         started = time.perf_counter()
         result = runtime.generate(example.prompt, options)
@@ -35,12 +36,14 @@ def evaluate(runtime: ModelRuntime, examples: list[Example], options: Generation
         correct.setdefault(example.family, []).append(score(example, result.text)["correct"])
         valid += result.fallback is None and result.finish_reason == "end"
         forwards.append(result.usage.forward_passes)
+        denoising.append(sum(result.usage.steps_per_round))
         progress()
     total = sum(sum(v) for v in correct.values())
     return Evaluation(
         examples=len(examples), accuracy=total / max(1, len(examples)),
         by_family={family: sum(v) / len(v) for family, v in sorted(correct.items())},
         valid_plans=valid / max(1, len(examples)), critical_path=statistics.fmean(forwards),
+        denoising=statistics.fmean(denoising),
         seconds=statistics.fmean(seconds),
     )
 

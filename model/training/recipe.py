@@ -16,9 +16,9 @@ from ..config import DreamConfig
 from ..errors import InvalidRequestError
 from ..loading import Checkpoint, load_checkpoint, load_tokenizer
 from ..tags import TagProfile, TagVocabulary
+from .objective import Sequence
 from .synthetic import Example, ar_completion, completion, make_split
 from .tokenizer import train_tokenizer
-from .objective import Sequence
 from .trainer import Pair, TrainConfig, encode, train
 
 

@@ -32,15 +32,18 @@ def add_rows(folder: str | Path, rows: list[dict]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     families = sorted({f for r in rows for f in r["by_family"]})
-    head = ["model", "options", "accuracy", *families, "valid plans", "critical path", "s/answer", "n"]
+    head = ["model", "options", "accuracy", *families, "valid plans", "critical path", "of which denoising",
+            "s/answer", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["label"], _options(r["options"]), f"{r['accuracy']:.1%}",
                  *(f"{r['by_family'][f]:.0%}" if f in r["by_family"] else "" for f in families),
-                 f"{r['valid_plans']:.1%}", f"{r['critical_path']:.1f}", f"{r['seconds']:.3f}", str(r["examples"])]
+                 f"{r['valid_plans']:.1%}", f"{r['critical_path']:.1f}",
+                 f"{r['denoising']:.1f}" if "denoising" in r else "", f"{r['seconds']:.3f}", str(r["examples"])]
         lines.append("| " + " | ".join(cells) + " |")
     devices = sorted({r["device"] for r in rows})
-    lines += ["", f"critical path: mean sequential forward passes per answer. s/answer: wall time on {', '.join(devices)}."]
+    lines += ["", "critical path: mean sequential forward passes per answer; of which denoising: the diffusion steps "
+              f"among them (the rest are the prompt, plan and plain-text tokens). s/answer: wall time on {', '.join(devices)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -51,14 +54,17 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for label in dict.fromkeys(r["label"] for r in rows):
+    # Lines often cross near the same critical path: each labels its points on its own side.
+    offsets = [(4, -10), (4, 5), (-4, -10), (-4, 5)]
+    for line, label in enumerate(dict.fromkeys(r["label"] for r in rows)):
         mine = sorted((r for r in rows if r["label"] == label), key=lambda r: r["critical_path"])
         axes.plot([r["critical_path"] for r in mine], [100 * r["accuracy"] for r in mine], "o-", label=label)
         varying = [k for k in mine[0]["options"] if len({str(r["options"].get(k)) for r in mine}) > 1]
         for r in mine if varying else []:  # name each point by what changes along its line
             text = " ".join(f"{_SHORT.get(k, k)}={r['options'].get(k)}" for k in varying)
+            offset = offsets[line % len(offsets)]
             axes.annotate(text, (r["critical_path"], 100 * r["accuracy"]), textcoords="offset points",
-                          xytext=(4, -10), fontsize=7)
+                          xytext=offset, ha="left" if offset[0] > 0 else "right", fontsize=7)
     for r in rows:
         if r["mode"] == "autoregressive":  # the goal line: half the AR critical path
             axes.axvline(r["critical_path"] / 2, color="grey", linestyle=":", linewidth=1)
