@@ -163,6 +163,7 @@ def run_eval(args) -> int:
         # above the progress bar, not through it
         tqdm.write(f"{text:44s} {result.accuracy:8.1%} {result.valid_plans:6.1%} {result.critical_path:13.1f} "
                    f"{result.denoising:9.1f} {result.seconds:8.3f}", file=sys.stdout)
+        sys.stdout.flush()  # each row as it is measured, also into a log file
     bar.close()
     if args.report:
         add_rows(args.report, rows)

@@ -109,7 +109,7 @@ def make_split(split: str, n: int, seed: int = 0, mix: dict[str, float] | None =
         sizes = [SHARD] * (missing // SHARD) + [missing % SHARD] * bool(missing % SHARD)
         jobs = [(split, size, seed, mix, shard + k) for k, size in enumerate(sizes)]
         shard += len(jobs)
-        for drawn in (pool.map(_shard, *zip(*jobs)) if pool else map(_shard, *zip(*jobs))):
+        for drawn in (pool.map if pool else map)(_shard, *zip(*jobs)):
             for example in drawn:
                 if example.prompt not in seen and len(out) < n:
                     seen.add(example.prompt)
