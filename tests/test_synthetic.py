@@ -94,6 +94,33 @@ def test_wording_varies(train_examples):
     assert len({e.prompt.split()[-1] for e in train_examples}) > 50
 
 
+def _first(text: str, fact: str) -> int:
+    match = re.search(rf"(?<!\w){re.escape(fact)}(?!\w)", text)
+    assert match, (fact, text)
+    return match.start()
+
+
+def test_profile_answers_restate_facts_in_the_order_of_the_prompt(train_examples):
+    """Whatever the prompt's layout (per entity, or one sentence per attribute across entities),
+    a span restates its entity's facts in the order the prompt first states them."""
+    profiles = [e for e in train_examples if e.family == "profiles"
+                or e.family == "join" and all(re.search(rf"(?<!\w){re.escape(f)}(?!\w)", e.prompt) for f in e.facts)]
+    assert len(profiles) > 100 and any(e.family == "join" for e in profiles)
+    for e in profiles:
+        for _, text in e.rounds[0].spans:
+            mine = [f for f in e.facts if re.search(rf"(?<!\w){re.escape(f)}(?!\w)", text)]
+            in_span = sorted(mine, key=lambda f: _first(text, f))
+            assert in_span == sorted(mine, key=lambda f: _first(e.prompt, f)), (e.prompt, text)
+    assert len({tuple(e.rounds[0].spans[0][1].split()[1:3]) for e in profiles}) > 10  # the wording still varies
+
+
+def test_a_topic_ending_in_a_digit_is_refused(tokenizer):
+    from plandiff.model.training.task_families import Round
+    example = Example("profiles", "p", [Round([("Room 2", "Room 2 is free.")])], ["free"])
+    with pytest.raises(ValueError, match="digit"):
+        completion(example, tokenizer)
+
+
 def _rounds(ids: list[int], tags: TagVocabulary) -> list[list[int]]:
     out, current = [], []
     for t in ids:
@@ -133,7 +160,7 @@ def test_completion_parses_and_lengths_match(train_examples, tokenizer, tags):
             for ev, content, (topic, span_text) in zip(promised, contents, rnd.spans):
                 assert content == tokenizer.encode(span_text, add_special_tokens=False)
                 assert ev.number == max(1, math.ceil(len(content) / 10))
-                assert tokenizer.decode(list(ev.topic_ids)) == f"{topic} "
+                assert tokenizer.decode(list(ev.topic_ids)) == topic
 
 
 def test_join_as_text_writes_rounds_after_sync_without_promises(train_examples, tokenizer, tags):

@@ -49,6 +49,31 @@ def test_the_weights_kept_are_those_of_the_best_validation(tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "training.json").read_text())["metrics"]["step"] == best
 
 
+def test_a_run_stopped_early_leaves_its_best_checkpoint_so_far(tmp_path):
+    """The best weights are written at each evaluation, not only at the end: a run killed after
+    its second evaluation leaves a loadable folder that says how far it got."""
+    from plandiff.model.training.recipe import DataConfig, run
+    from plandiff.model.training.trainer import TrainConfig
+
+    recipe = yaml.safe_load(open(RECIPE))
+    config = TrainConfig(**{k: v for k, v in recipe.items() if k not in ("output", "data")}
+                         | {"steps": 10, "eval_every": 2})
+    evaluations = []
+
+    def stop_after_two(metrics: dict) -> None:
+        evaluations.append(metrics)
+        if len(evaluations) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(config, DataConfig(**recipe["data"]), tmp_path / "out", "cpu", stop_after_two)
+    saved = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert saved["steps_done"] == 2 and saved["config"]["steps"] == 10  # the second was not yet recorded
+    assert saved["metrics"]["step"] == 2
+    runtime = ModelRuntime.load(tmp_path / "out")
+    assert runtime.generate("Which is larger, 728 or 502?", GenerationOptions(max_new_tokens=4)).token_ids
+
+
 def test_training_continues_from_a_checkpoint(tmp_path, capsys):
     """`init`: the checkpoint's weights, network and tokenizer are the starting point."""
     recipe = yaml.safe_load(open(RECIPE))

@@ -104,5 +104,5 @@ def test_a_few_steps_learn_each_mode(compact):
             optimizer.zero_grad()
             value.backward()
             optimizer.step()
-            losses.append(stats["loss"])
+            losses.append(float(stats["loss"]))
         assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, (mode, losses)

@@ -5,7 +5,7 @@ and their facts written as a prompt (four layouts) or as a span that restates ev
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # ----------------------------------------------------------------------------------------------
 # Word pools
@@ -172,8 +172,9 @@ def draw_entities(rng: random.Random, kind: str, n: int, n_attrs: int, required:
     return [Entity(kind, names[i], pronouns[i], {k: values[k][i] for k in keys}) for i in range(n)]
 
 
-def describe_prompt(rng: random.Random, entities: list[Entity], bullets: bool = True) -> str:
-    """The facts of the prompt, in one of four layouts."""
+def describe_prompt(rng: random.Random, entities: list[Entity], bullets: bool = True) -> tuple[str, list[Entity]]:
+    """The facts of the prompt, in one of four layouts; and the entities with their facts reordered
+    as the prompt states them (the order an answer restates them in)."""
     table = _attrs_table(entities[0].kind)
     style = rng.choice(["sentence", "split", "list", "by_attribute"])
     if style == "by_attribute":
@@ -183,12 +184,13 @@ def describe_prompt(rng: random.Random, entities: list[Entity], bullets: bool = 
         for key in keys:
             parts = [f"{e.name} {_fill(rng.choice(table[key]['clause']), e.attrs[key])}" for e in entities]
             sentences.append(join_list(parts, rng) + ".")
-        return " ".join(sentences)
-    out = []
+        return " ".join(sentences), [_reordered(e, keys) for e in entities]
+    out, stated = [], []
     bullet = rng.choice(["", "- "]) if bullets else ""
     for e in entities:
         keys = list(e.attrs)
         rng.shuffle(keys)
+        stated.append(_reordered(e, keys))
         if style == "list":
             descriptors = [_fill(rng.choice(table[k]["list"]), e.attrs[k]) for k in keys]
             out.append(f"{bullet}{e.name}: {', '.join(descriptors)}.")
@@ -205,18 +207,24 @@ def describe_prompt(rng: random.Random, entities: list[Entity], bullets: bool = 
                 text += f" {subject} {join_list(rest, rng)}."
             out.append(text)
     sep = "\n" if style == "list" and bullet else " "
-    return sep.join(out)
+    return sep.join(out), stated
+
+
+def _reordered(e: Entity, keys: list[str]) -> Entity:
+    return replace(e, attrs={k: e.attrs[k] for k in keys})
 
 
 def describe_answer(rng: random.Random, e: Entity) -> str:
-    """One span: the entity with every fact restated."""
+    """One span: the entity with every fact restated, in the order of `e.attrs` (the prompt's, from
+    describe_prompt). The wording varies; the order does not, as a reader would expect and as a
+    model can infer: an order drawn afresh per answer is noise no model can predict, which costs a
+    diffusion span a denoising step per choice (docs/training.md)."""
     table = _attrs_table(e.kind)
     keys = list(e.attrs)
-    rng.shuffle(keys)
-    if e.kind == "person" and "age" in keys and "job" in keys and rng.random() < 0.35:
+    if keys[:2] == ["age", "job"] and rng.random() < 0.5:
         age, job = e.attrs["age"], e.attrs["job"]
         head = f"{e.name} is {age_article(int(age))} {age}-year-old {job}"
-        rest = [_fill(rng.choice(table[k]["answer"]), e.attrs[k]) for k in keys if k not in ("age", "job")]
+        rest = [_fill(rng.choice(table[k]["answer"]), e.attrs[k]) for k in keys[2:]]
         if not rest:
             return head + "."
         if rng.random() < 0.5:

@@ -167,11 +167,12 @@ def pack(sequences: list[Sequence], pad_token: int, device: str | torch.device =
     return Packed(*(t.to(device) for t in (tokens, labels, region, epoch, maskable, lengths)))
 
 
-def make_batch(data: Packed, index: torch.Tensor, mask_token: int, generator: torch.Generator) -> Batch:
-    """Rows `index` of `data`, cut to their longest, each noised at its own t ~ U(ε, 1) (on the
-    generator's device, which must be the data's)."""
-    index = index.to(data.tokens.device)
-    length = int(data.lengths[index].max())
+def make_batch(data: Packed, index: torch.Tensor, mask_token: int, generator: torch.Generator,
+               length: int | None = None) -> Batch:
+    """Rows `index` of `data`, cut to their longest (`length`, when the caller knows it), each
+    noised at its own t ~ U(ε, 1) (on the generator's device, which must be the data's)."""
+    index = index.to(data.tokens.device, non_blocking=True)
+    length = length or int(data.lengths[index].max())
     ids = data.tokens[index, :length]
     region, epoch = data.region[index, :length], data.epoch[index, :length]
     positions = torch.arange(length, device=ids.device)
@@ -188,25 +189,20 @@ def make_batch(data: Packed, index: torch.Tensor, mask_token: int, generator: to
     )
 
 
-def loss(network, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Plan cross-entropy (mean) + diffusion ELBO term (Σ masked CE / t ÷ slots)."""
+def loss(network, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Plan cross-entropy (mean) + diffusion ELBO term (Σ masked CE / t ÷ slots), and the terms as
+    0-d tensors: nothing here waits for the device, so the next step's kernels queue behind this one."""
     logits = network.forward_train(batch.input_ids, batch.mask).float()
     vocab = logits.shape[-1]
-    total = logits.new_zeros(())
-    stats = {}
-    if (batch.ar_labels != IGNORE).any():
-        ar = F.cross_entropy(logits.reshape(-1, vocab), batch.ar_labels.reshape(-1), ignore_index=IGNORE)
-        total = total + ar
-        stats["ar_loss"] = float(ar.detach())
-    if (batch.targets != IGNORE).any():
-        # The slot at j is predicted by the logits at j − 1.
-        shifted = logits[:, :-1]
-        targets = batch.targets[:, 1:]
-        ce = F.cross_entropy(shifted.reshape(-1, vocab), targets.reshape(-1), ignore_index=IGNORE,
-                             reduction="none").view(targets.shape)
-        per_sequence = ce.sum(dim=1) * batch.weights / batch.slots.clamp(min=1)
-        diffusion = per_sequence[batch.slots > 0].mean()
-        total = total + diffusion
-        stats["diffusion_loss"] = float(diffusion.detach())
-    stats["loss"] = float(total.detach())
-    return total, stats
+    ar_targets = batch.ar_labels.reshape(-1)
+    ar = F.cross_entropy(logits.reshape(-1, vocab), ar_targets, ignore_index=IGNORE, reduction="sum")
+    ar = ar / (ar_targets != IGNORE).sum().clamp(min=1)
+    # The slot at j is predicted by the logits at j − 1.
+    targets = batch.targets[:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), targets.reshape(-1), ignore_index=IGNORE,
+                         reduction="none").view(targets.shape)
+    per_sequence = ce.sum(dim=1) * batch.weights / batch.slots.clamp(min=1)
+    noisy = (batch.slots > 0).float()  # sequences with diffusion slots: a plan-only one adds no term
+    diffusion = (per_sequence * noisy).sum() / noisy.sum().clamp(min=1)
+    total = ar + diffusion
+    return total, {"loss": total.detach(), "ar_loss": ar.detach(), "diffusion_loss": diffusion.detach()}

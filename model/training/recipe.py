@@ -58,6 +58,7 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
     with ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("fork")) as pool:
         examples = make_split("train", data.train, data.seed, pool=pool)
         tokenizer = start.tokenizer if start else build_tokenizer(data, examples)
+        tokenizer.save_pretrained(output)  # first, so that a twin may start from it while this one trains
         validation = make_split("validation", data.validation, data.seed)
         train_set, validation_set = (
             [s for chunk in pool.map(_encode, _chunks(split), repeat(config), repeat(tokenizer), repeat(data.join))

@@ -4,7 +4,8 @@ Pure Python, seeded, no downloads. Four families (drawn in task_families.py, peo
 in entities.py), each example records its own:
 
 - ``profiles``: facts about 2–4 invented people or companies, in varied wording; the answer describes
-  each entity in its own span (topic = the entity's name), restating every fact.
+  each entity in its own span (topic = the entity's name), restating every fact in the order the
+  prompt gives them.
 - ``subquestions``: 2–4 independent questions about a small table given in the prompt (sums,
   differences, lookups, maxima, yes/no comparisons); one span per question.
 - ``join``: profiles or purchases, then one sentence after ``<sync/>`` that depends on the spans
@@ -142,7 +143,9 @@ def _shard(split: str, n: int, seed: int, mix: dict[str, float], index: int) -> 
 
 def completion(example: Example, tokenizer, unit: int = 10, join: str = "span") -> str:
     """The planned-diffusion annotation: per round its lead text, its promises, then its spans;
-    rounds joined by ``<sync/>``. A promise's number is ceil(span tokens / unit), at least 1.
+    rounds joined by ``<sync/>``. A promise's number is ceil(span tokens / unit), at least 1,
+    written right after the topic (``Maya3``: the released checkpoints' ``Maya 3`` spends a plan
+    token, a sequential step, on the space; the parser reads the trailing digits either way).
     join="text" writes the rounds after a ``<sync/>`` as plain autoregressive text instead (a
     round with no promise), so a sentence that computes from the spans is decoded left to right."""
     rounds = []
@@ -152,8 +155,10 @@ def completion(example: Example, tokenizer, unit: int = 10, join: str = "span") 
             continue
         promises, spans = [], []
         for topic, text in r.spans:
+            if topic[-1:].isdigit():
+                raise ValueError(f"a topic must not end in a digit (it would read as the length): {topic!r}")
             count = len(tokenizer.encode(text, add_special_tokens=False))
-            promises.append(f"<promise>-<topic>{topic} {max(1, math.ceil(count / unit))}</topic>")
+            promises.append(f"<promise>-<topic>{topic}{max(1, math.ceil(count / unit))}</topic>")
             spans.append(f"<async>{text}</async>")
         rounds.append(r.lead + "".join(promises) + "".join(spans))
     return "<sync/>".join(rounds)

@@ -84,7 +84,7 @@ def _profiles(rng: random.Random) -> Example:
     n = rng.randint(2, 4)
     entities = _profile_setup(rng, n)
     intro, ask = _profile_instruction(rng, entities[0].kind, n)
-    facts_text = describe_prompt(rng, entities)
+    facts_text, entities = describe_prompt(rng, entities)
     prompt = _compose(rng, intro, facts_text, ask)
     spans = [(topic_of(e), describe_answer(rng, e)) for e in entities]
     facts = [f for e in entities for f in entity_facts(e)]
@@ -308,7 +308,7 @@ def _join_profiles(rng: random.Random) -> Example:
             q = rng.choice([f"Then say which company is the {word}.", f"Finally, which one has the {word} staff?"])
             final, sentence = x, rng.choice([f"{x} is the {word} by staff.", f"The {word} company is {x}."])
             topic = word
-    facts_text = describe_prompt(rng, entities)
+    facts_text, entities = describe_prompt(rng, entities)
     prompt = _compose(rng, intro, facts_text, f"{ask} {q}")
     spans = [(topic_of(e), describe_answer(rng, e)) for e in entities]
     facts = [f for e in entities for f in entity_facts(e)]
@@ -405,7 +405,7 @@ def _short(rng: random.Random) -> Example:
     else:
         e = draw_entities(rng, "person", 1, rng.randint(2, 3), "age")[0]
         key = rng.choice([k for k in e.attrs if k != "age"] + ["age"])
-        body = describe_prompt(rng, [e], bullets=False)
+        body, _ = describe_prompt(rng, [e], bullets=False)
         first = e.name.split()[0]
         qs = {"age": f"How old is {first}?", "city": f"Where does {first} live?",
               "job": f"What does {first} do for a living?", "hobby": f"What does {first} enjoy doing?",

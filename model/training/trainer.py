@@ -85,9 +85,12 @@ def train(
         # 7 cores spinning).
         torch.set_num_threads(min(4, torch.get_num_threads()))
     torch.manual_seed(config.seed)
-    # The data lives on the device and batches are drawn there, so the GPU never waits on Python.
+    # The data lives on the device and batches are drawn there, so the GPU never waits on Python;
+    # the rows of a batch are picked on the CPU, where their lengths are known without a sync.
     train_data, validation_data = pack(train_set, tags.pad, device), pack(validation_set, tags.pad, device)
+    picker = torch.Generator().manual_seed(config.seed)
     generator = torch.Generator(device).manual_seed(config.seed)
+    lengths = train_data.lengths.cpu()
     network = DreamNetwork(network_config)
     if initial is not None:
         network.load_state_dict(initial)
@@ -100,14 +103,21 @@ def train(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     progress = _progress(config.steps)
     log = log or (lambda record: None)
+    # Stored in bf16 (half the bytes), loaded in fp32 by default: bf16 matmuls are slow on most CPUs.
+    network_config.torch_dtype = "float32"
+    saved = DreamNetwork(network_config).to(torch.bfloat16)  # the CPU copy each checkpoint is written from
+    record = {"config": asdict(config), **(record or {})}
     started = time.perf_counter()
-    validating = 0.0  # seconds spent on validation, left out of the step time
+    validating = 0.0  # seconds spent on validation and checkpoints, left out of the step time
     metrics: dict = {}
-    best: tuple[float, dict, dict] | None = None  # (validation loss, metrics, weights) of the best evaluation
+    best: dict | None = None  # the metrics of the evaluation with the lowest validation loss
+    order, seen = torch.empty(0, dtype=torch.long), 0  # an epoch's shuffled rows, and how many are used
     for step in range(1, config.steps + 1):
         network.train()
-        index = torch.randperm(len(train_data), generator=generator, device=device)[:config.batch_size]
-        batch = make_batch(train_data, index, tags.mask, generator)
+        if seen + config.batch_size > len(order):
+            order, seen = torch.randperm(len(lengths), generator=picker), 0
+        index, seen = order[seen:seen + config.batch_size], seen + config.batch_size
+        batch = make_batch(train_data, index, tags.mask, generator, length=int(lengths[index].max()))
         with autocast:
             value, stats = loss(network, batch)
         optimizer.zero_grad(set_to_none=True)
@@ -120,24 +130,29 @@ def train(
             before = time.perf_counter()
             validation_loss = _validate(network, validation_data, tags, config, autocast)
             validating += time.perf_counter() - before
-            elapsed = time.perf_counter() - started
-            metrics = {"step": step, "train_loss": stats["loss"], "validation_loss": validation_loss,
+            before = time.perf_counter()
+            elapsed = before - started
+            metrics = {"step": step, "train_loss": float(stats["loss"]), "validation_loss": validation_loss,
                        "seconds": round(elapsed, 1), "seconds_per_step": round((elapsed - validating) / step, 4)}
             log(metrics)
-            if best is None or validation_loss < best[0]:
-                best = (validation_loss, metrics, {k: v.detach().clone() for k, v in network.state_dict().items()})
-    # The weights kept are those of the lowest validation loss: a model that starts to overfit its
-    # training set is not shipped past its best point.
-    network.load_state_dict(best[2])
-    metrics = best[1] if best[1] is metrics else best[1] | {"last": metrics}
-    network.eval()
-    # Stored in bf16 (half the bytes), loaded in fp32 by default: bf16 matmuls are slow on most CPUs.
-    network_config.torch_dtype = "float32"
-    save_checkpoint(output, network_config, network.to(torch.bfloat16).cpu(), tokenizer)
-    # What made these weights: the training settings, `record` (the data settings), the metrics.
-    summary = {"config": asdict(config), **(record or {}), "metrics": metrics}
+            # The weights kept are those of the lowest validation loss: a model that starts to
+            # overfit is not shipped past its best point. Written now, so a run stopped early
+            # leaves its best so far, marked as such by "steps_done".
+            if best is None or validation_loss < best["validation_loss"]:
+                best = metrics
+                saved.load_state_dict(network.state_dict())
+                save_checkpoint(output, network_config, saved, tokenizer)
+            _summary(output, record, best, metrics, step)
+            validating += time.perf_counter() - before
+    return best if best is metrics else best | {"last": metrics}
+
+
+def _summary(output: str | Path, record: dict, best: dict, last: dict, step: int) -> None:
+    """training.json: what made the saved weights (training and data settings), their metrics, the
+    last evaluation's when it is not the best, and how many steps have run."""
+    metrics = best if best is last else best | {"last": last}
+    summary = {**record, "metrics": metrics, "steps_done": step}
     Path(output, "training.json").write_text(json.dumps(summary, indent=2))
-    return metrics
 
 
 @torch.no_grad()
@@ -151,7 +166,7 @@ def _validate(network, data: Packed, tags, config, autocast) -> float:
         batch = make_batch(data, index, tags.mask, generator)
         with autocast:
             values.append(loss(network, batch)[1]["loss"])
-    return sum(values) / max(1, len(values))
+    return float(sum(values) / max(1, len(values)))
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
@@ -161,16 +176,17 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _progress(total: int) -> Callable[[int, float], None]:
+def _progress(total: int) -> Callable[[int, torch.Tensor], None]:
     """A tqdm bar on a terminal; elsewhere a line every 10 % (tqdm frames are unreadable in logs)."""
     if sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc="training", unit="step")
 
-        def update(step: int, value: float) -> None:
+        def update(step: int, value: torch.Tensor) -> None:
             bar.update(1)
-            bar.set_postfix(loss=f"{value:.3f}")
+            if step % 50 == 0 or step == total:  # reading the loss waits for the device
+                bar.set_postfix(loss=f"{float(value):.3f}")
             if step == total:
                 bar.close()
 
@@ -178,9 +194,9 @@ def _progress(total: int) -> Callable[[int, float], None]:
 
     every = max(1, total // 10)
 
-    def report(step: int, value: float) -> None:
+    def report(step: int, value: torch.Tensor) -> None:
         if step % every == 0 or step == total:
-            print(json.dumps({"event": "training_progress", "step": step, "of": total, "loss": round(value, 4)}),
+            print(json.dumps({"event": "training_progress", "step": step, "of": total, "loss": round(float(value), 4)}),
                   file=sys.stderr, flush=True)
 
     return report
