@@ -216,9 +216,8 @@ def _reordered(e: Entity, keys: list[str]) -> Entity:
 
 def describe_answer(rng: random.Random, e: Entity) -> str:
     """One span: the entity with every fact restated, in the order of `e.attrs` (the prompt's, from
-    describe_prompt). The wording varies; the order does not, as a reader would expect and as a
-    model can infer: an order drawn afresh per answer is noise no model can predict, which costs a
-    diffusion span a denoising step per choice (docs/training.md)."""
+    describe_prompt). The wording varies; the order does not, as a reader would expect: an order
+    drawn afresh per answer is noise that no model can predict from the prompt (docs/training.md)."""
     table = _attrs_table(e.kind)
     keys = list(e.attrs)
     if keys[:2] == ["age", "job"] and rng.random() < 0.5:
