@@ -50,8 +50,8 @@ def test_the_weights_kept_are_those_of_the_best_validation(tmp_path, capsys):
 
 
 def test_a_run_stopped_early_leaves_its_best_checkpoint_so_far(tmp_path):
-    """The best weights are written at each evaluation, not only at the end: a run killed after
-    its second evaluation leaves a loadable folder that says how far it got."""
+    """The best weights are written at each evaluation, not only at the end: a run killed as its
+    second evaluation is logged leaves the first one's checkpoint, loadable, saying how far it got."""
     from plandiff.model.training.recipe import DataConfig, run
     from plandiff.model.training.trainer import TrainConfig
 
