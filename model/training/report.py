@@ -54,17 +54,14 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    # Lines often cross near the same critical path: each labels its points on its own side.
-    offsets = [(4, -10), (4, 5), (-4, -10), (-4, 5)]
-    for line, label in enumerate(dict.fromkeys(r["label"] for r in rows)):
+    labels = []  # (x, y, text, colour): each point named by what changes along its line
+    for label in dict.fromkeys(r["label"] for r in rows):
         mine = sorted((r for r in rows if r["label"] == label), key=lambda r: r["critical_path"])
-        axes.plot([r["critical_path"] for r in mine], [100 * r["accuracy"] for r in mine], "o-", label=label)
+        (drawn,) = axes.plot([r["critical_path"] for r in mine], [100 * r["accuracy"] for r in mine], "o-", label=label)
         varying = [k for k in mine[0]["options"] if len({str(r["options"].get(k)) for r in mine}) > 1]
-        for r in mine if varying else []:  # name each point by what changes along its line
-            text = " ".join(f"{_SHORT.get(k, k)}={r['options'].get(k)}" for k in varying)
-            offset = offsets[line % len(offsets)]
-            axes.annotate(text, (r["critical_path"], 100 * r["accuracy"]), textcoords="offset points",
-                          xytext=offset, ha="left" if offset[0] > 0 else "right", fontsize=7)
+        labels += [(r["critical_path"], 100 * r["accuracy"],
+                    " ".join(f"{_SHORT.get(k, k)}={r['options'].get(k)}" for k in varying), drawn.get_color())
+                   for r in (mine if varying else [])]
     for r in rows:
         if r["mode"] == "autoregressive":  # the goal line: half the AR critical path
             axes.axvline(r["critical_path"] / 2, color="grey", linestyle=":", linewidth=1)
@@ -75,6 +72,7 @@ def plot(rows: list[dict], path: Path) -> None:
     axes.set_xticks([t for t in (5, 10, 15, 20, 30, 40, 60, 80, 100, 150, 200, 300, 500, 1000) if low <= t <= high])
     axes.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    _place_labels(figure, axes, labels)
     axes.set_xlabel("critical path (sequential forward passes per answer, log scale)")
     axes.set_ylabel("test accuracy (%)")
     axes.grid(alpha=0.3)
@@ -82,6 +80,29 @@ def plot(rows: list[dict], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def _place_labels(figure, axes, labels: list[tuple[float, float, str, str]]) -> None:
+    """Lines often meet near the same critical path: each label takes the first spot around its
+    point that overlaps no marker and no label placed before it, or is left out (results.md has
+    every row)."""
+    from matplotlib.transforms import Bbox
+
+    renderer = figure.canvas.get_renderer()
+    points = axes.transData.transform([(x, y) for x, y, _, _ in labels]) if labels else []
+    placed = [Bbox.from_extents(px - 4, py - 4, px + 4, py + 4) for px, py in points]  # the markers
+    for x, y, text, colour in labels:
+        for dx, dy in _SPOTS:
+            note = axes.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7, color=colour,
+                                 ha="left" if dx > 0 else "right", va="bottom" if dy > 0 else "top")
+            box = note.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            note.remove()
+
+
+_SPOTS = [(4, 3), (4, -3), (-4, 3), (-4, -3), (4, 10), (4, -10), (-4, 10), (-4, -10)]
 
 
 _SHORT = {"steps_ratio": "ratio", "threshold": "τ"}
