@@ -129,22 +129,28 @@ def add_eval(sub) -> None:
     p.add_argument("--threshold", type=float, nargs="+", help="τ values (order threshold or adaptive): one row each")
     p.add_argument("--max-new-tokens", type=int, default=400, help="diffusion-only: the answer's length")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=1,
+                   help="CPU processes answering side by side, one thread each (the s/answer column then "
+                        "includes their contention)")
     p.add_argument("--report", help="folder to add the rows to: results.json, results.md, latency-accuracy.png")
 
 
 def run_eval(args) -> int:
     import datetime
     import platform
+    from contextlib import nullcontext
 
     from tqdm import tqdm
 
     from plandiff.model import ModelRuntime
-    from plandiff.model.training.evaluation import sweep
+    from plandiff.model.training.evaluation import sweep, worker_pool
     from plandiff.model.training.report import add_rows
     from plandiff.model.training.synthetic import make_split
 
     if args.order in ("threshold", "adaptive") and not args.threshold:
         raise InvalidRequestError(f"--order {args.order} needs --threshold")
+    if args.workers < 1 or args.workers > 1 and args.device != "cpu":
+        raise InvalidRequestError("--workers must be at least 1, and more than 1 only with --device cpu")
     runtime = ModelRuntime.load(args.model, device=args.device)
     examples = make_split("test", args.examples, args.seed)
     label = args.label or f"{Path(args.model).name} ({args.mode})"
@@ -155,15 +161,16 @@ def run_eval(args) -> int:
     rows = []
     total = len(examples) * len(args.steps_ratio) * len(args.threshold or [None])
     bar = tqdm(total=total, desc="answers", unit="answer", leave=False, disable=not sys.stderr.isatty())
-    for shown, result in sweep(runtime, examples, args.mode, args.steps_ratio, args.order, args.threshold,
-                               args.max_new_tokens, lambda: bar.update(1)):
-        rows.append({"label": label, "model": args.model, "mode": args.mode, "options": shown, "device": device,
-                     "date": datetime.date.today().isoformat(), **result.__dict__})
-        text = ", ".join(f"{k}={v}" for k, v in shown.items())
-        # above the progress bar, not through it
-        tqdm.write(f"{text:44s} {result.accuracy:8.1%} {result.valid_plans:6.1%} {result.critical_path:13.1f} "
-                   f"{result.denoising:9.1f} {result.seconds:8.3f}", file=sys.stdout)
-        sys.stdout.flush()  # each row as it is measured, also into a log file
+    with worker_pool(runtime, args.workers) if args.workers > 1 else nullcontext() as pool:
+        for shown, result in sweep(runtime, examples, args.mode, args.steps_ratio, args.order, args.threshold,
+                                   args.max_new_tokens, lambda: bar.update(1), pool):
+            rows.append({"label": label, "model": args.model, "mode": args.mode, "options": shown, "device": device,
+                         "workers": args.workers, "date": datetime.date.today().isoformat(), **result.__dict__})
+            text = ", ".join(f"{k}={v}" for k, v in shown.items())
+            # above the progress bar, not through it
+            tqdm.write(f"{text:44s} {result.accuracy:8.1%} {result.valid_plans:6.1%} {result.critical_path:13.1f} "
+                       f"{result.denoising:9.1f} {result.seconds:8.3f}", file=sys.stdout)
+            sys.stdout.flush()  # each row as it is measured, also into a log file
     bar.close()
     if args.report:
         add_rows(args.report, rows)

@@ -133,6 +133,24 @@ def test_eval_writes_a_report_that_accumulates(tmp_path, capsys):
     assert len(rows) == 3 and rows[-1]["examples"] == 2
 
 
+def test_eval_in_worker_processes_gives_the_same_answers(tmp_path, capsys):
+    """--workers N answers the examples in N forked processes: the same accuracy, plan validity and
+    forwards as one process (only the wall times differ)."""
+    rows = {}
+    for workers in (1, 2):
+        report = tmp_path / f"w{workers}"
+        assert cli.main(["eval", "--model", DEMO_PD, "--examples", "6", "--order", "adaptive", "--threshold", "0.9",
+                         "--workers", str(workers), "--report", str(report)]) == 0
+        (row,) = json.loads((report / "results.json").read_text())
+        rows[workers] = row
+    drop = ("seconds", "workers")
+    assert {k: v for k, v in rows[1].items() if k not in drop} == {k: v for k, v in rows[2].items() if k not in drop}
+    assert rows[2]["workers"] == 2
+    for bad in (["--workers", "0"], ["--workers", "2", "--device", "cuda"]):
+        assert cli.main(["eval", "--model", DEMO_PD, *bad]) == 2
+        assert "--workers" in capsys.readouterr().err
+
+
 def test_eval_rejects_an_order_without_its_threshold(capsys):
     assert cli.main(["eval", "--model", DEMO_PD, "--order", "adaptive"]) == 2
     assert "--threshold" in capsys.readouterr().err

@@ -3,10 +3,15 @@ validity, critical path (sequential forwards) and wall time, for one set of gene
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import time
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator
+
+import torch
 
 from ..options import GenerationOptions
 from ..runtime import ModelRuntime
@@ -24,36 +29,80 @@ class Evaluation:
     seconds: float  # mean wall time per answer
 
 
-def evaluate(runtime: ModelRuntime, examples: list[Example], options: GenerationOptions,
-             progress: Callable[[], None] = lambda: None) -> Evaluation:
-    """Generate an answer per example and score it; `progress` is called after each one."""
-    correct: dict[str, list[bool]] = {}
-    valid, forwards, denoising, seconds = 0, [], [], []
-    for example in examples:
-        started = time.perf_counter()
-        result = runtime.generate(example.prompt, options)
-        seconds.append(time.perf_counter() - started)
-        correct.setdefault(example.family, []).append(score(example, result.text)["correct"])
-        valid += result.fallback is None and result.finish_reason == "end"
-        forwards.append(result.usage.forward_passes)
-        denoising.append(sum(result.usage.steps_per_round))
-        progress()
-    total = sum(sum(v) for v in correct.values())
+@dataclass
+class Answer:
+    """One example's answer, scored."""
+
+    family: str
+    correct: bool
+    valid: bool
+    forwards: int
+    denoising: int
+    seconds: float
+
+
+def answer(runtime: ModelRuntime, example: Example, options: GenerationOptions) -> Answer:
+    started = time.perf_counter()
+    result = runtime.generate(example.prompt, options)
+    seconds = time.perf_counter() - started
+    return Answer(example.family, score(example, result.text)["correct"],
+                  result.fallback is None and result.finish_reason == "end", result.usage.forward_passes,
+                  sum(result.usage.steps_per_round), seconds)
+
+
+def summarize(answers: list[Answer]) -> Evaluation:
+    families: dict[str, list[bool]] = {}
+    for a in answers:
+        families.setdefault(a.family, []).append(a.correct)
+    n = max(1, len(answers))
     return Evaluation(
-        examples=len(examples), accuracy=total / max(1, len(examples)),
-        by_family={family: sum(v) / len(v) for family, v in sorted(correct.items())},
-        valid_plans=valid / max(1, len(examples)), critical_path=statistics.fmean(forwards),
-        denoising=statistics.fmean(denoising),
-        seconds=statistics.fmean(seconds),
+        examples=len(answers), accuracy=sum(a.correct for a in answers) / n,
+        by_family={family: sum(v) / len(v) for family, v in sorted(families.items())},
+        valid_plans=sum(a.valid for a in answers) / n,
+        critical_path=statistics.fmean(a.forwards for a in answers),
+        denoising=statistics.fmean(a.denoising for a in answers),
+        seconds=statistics.fmean(a.seconds for a in answers),
     )
+
+
+def evaluate(runtime: ModelRuntime, examples: list[Example], options: GenerationOptions,
+             progress: Callable[[], None] = lambda: None, pool: Executor | None = None) -> Evaluation:
+    """Generate an answer per example and score it; `progress` is called after each one. A `pool`
+    from `worker_pool(runtime, n)` answers the examples in n processes (the same answers; the wall
+    times then include the processes' contention for the cores)."""
+    one = partial(_answer_in_worker, options=options) if pool else partial(answer, runtime, options=options)
+    answers = []
+    for a in (pool.map(one, examples) if pool else map(one, examples)):
+        answers.append(a)
+        progress()
+    return summarize(answers)
+
+
+def worker_pool(runtime: ModelRuntime, workers: int) -> ProcessPoolExecutor:
+    """Processes forked from this one, each holding `runtime` (shared, copy-on-write) and one thread."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_hold, initargs=(runtime,))
+
+
+_runtime: ModelRuntime | None = None  # a pool worker's model
+
+
+def _hold(runtime: ModelRuntime) -> None:
+    global _runtime
+    _runtime = runtime
+    torch.set_num_threads(1)
+
+
+def _answer_in_worker(example: Example, options: GenerationOptions) -> Answer:
+    return answer(_runtime, example, options)
 
 
 def sweep(runtime: ModelRuntime, examples: list[Example], mode: str, steps_ratios: list[float], order: str,
           thresholds: list[float] | None, max_new_tokens: int,
-          progress: Callable[[], None] = lambda: None) -> Iterator[tuple[dict, Evaluation]]:
+          progress: Callable[[], None] = lambda: None, pool: Executor | None = None) -> Iterator[tuple[dict, Evaluation]]:
     """One evaluation per steps_ratio × τ: (the options that vary, the evaluation)."""
     for ratio in steps_ratios:
         for tau in thresholds or [None]:
             shown = {"steps_ratio": ratio, "order": order} | ({"threshold": tau} if tau is not None else {})
             options = GenerationOptions(mode=mode, max_new_tokens=max_new_tokens, **shown)
-            yield shown, evaluate(runtime, examples, options, progress)
+            yield shown, evaluate(runtime, examples, options, progress, pool)
