@@ -2,6 +2,7 @@
 runtime loads and generates with."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -104,6 +105,19 @@ def test_bad_recipe_is_a_clear_error(tmp_path, capsys):
     path.write_text("output: x\ndata:\n  join: sometimes\n")
     assert cli.main(["train", "--config", str(path)]) == 2  # refused before any data is drawn
     assert "data.join must be span or text" in capsys.readouterr().err
+
+
+def test_a_missing_tokenizer_folder_fails_before_the_data_is_drawn(tmp_path, capsys):
+    """A twin's recipe naming a tokenizer folder that is not there is refused at once, not after
+    minutes of drawing 300,000 examples."""
+    recipe = yaml.safe_load(open(RECIPE))
+    recipe["data"].update(train=300_000, tokenizer=str(tmp_path / "nowhere"))
+    recipe.update(output=str(tmp_path / "out"))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    started = time.perf_counter()
+    assert cli.main(["train", "--config", str(tmp_path / "r.yaml"), "--device", "cpu"]) == 2
+    assert time.perf_counter() - started < 20  # drawing the examples takes minutes on 2 cores
+    assert "nowhere" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_eval_writes_a_report_that_accumulates(tmp_path, capsys):

@@ -37,10 +37,7 @@ class DataConfig:
 
 
 def build_tokenizer(data: DataConfig, examples: list[Example]) -> PreTrainedTokenizerFast:
-    """The tokenizer `data` names, or one trained on `examples` (deterministic: the same examples
-    give the same vocabulary)."""
-    if data.tokenizer:
-        return load_tokenizer(Path(data.tokenizer))
+    """A tokenizer trained on `examples` (deterministic: the same examples give the same vocabulary)."""
     texts = [e.prompt for e in examples] + [ar_completion(e) for e in examples]
     texts += [topic for e in examples for r in e.rounds for topic, _ in r.spans]
     return train_tokenizer(texts, data.vocab_size)
@@ -54,10 +51,12 @@ def pairs(examples: list[Example], config: TrainConfig, tokenizer, join: str = "
 
 def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str | None = None, log=None) -> dict:
     start = _start(config, data)
+    # A tokenizer named by the recipe is loaded first: a wrong folder fails before minutes of drawing.
+    named = start.tokenizer if start else load_tokenizer(Path(data.tokenizer)) if data.tokenizer else None
     # Drawing and encoding examples is pure Python: spread over the cores (one per chunk of work).
     with ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("fork")) as pool:
         examples = make_split("train", data.train, data.seed, pool=pool)
-        tokenizer = start.tokenizer if start else build_tokenizer(data, examples)
+        tokenizer = named or build_tokenizer(data, examples)
         tokenizer.save_pretrained(output)  # first, so that a twin may start from it while this one trains
         validation = make_split("validation", data.validation, data.seed)
         train_set, validation_set = (
