@@ -36,11 +36,11 @@ class DataConfig:
             raise InvalidRequestError(f"data.join must be span or text, not {self.join!r}")
 
 
-def build_tokenizer(data: DataConfig, examples: list[Example]) -> PreTrainedTokenizerFast:
+def build_tokenizer(examples: list[Example], vocab_size: int) -> PreTrainedTokenizerFast:
     """A tokenizer trained on `examples` (deterministic: the same examples give the same vocabulary)."""
     texts = [e.prompt for e in examples] + [ar_completion(e) for e in examples]
     texts += [topic for e in examples for r in e.rounds for topic, _ in r.spans]
-    return train_tokenizer(texts, data.vocab_size)
+    return train_tokenizer(texts, vocab_size)
 
 
 def pairs(examples: list[Example], config: TrainConfig, tokenizer, join: str = "span") -> list[Pair]:
@@ -56,7 +56,7 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
     # Drawing and encoding examples is pure Python: spread over the cores (one per chunk of work).
     with ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("fork")) as pool:
         examples = make_split("train", data.train, data.seed, pool=pool)
-        tokenizer = named or build_tokenizer(data, examples)
+        tokenizer = named or build_tokenizer(examples, data.vocab_size)
         tokenizer.save_pretrained(output)  # first, so that a twin may start from it while this one trains
         validation = make_split("validation", data.validation, data.seed)
         train_set, validation_set = (
