@@ -1,7 +1,7 @@
 """A synthetic instruction task with natural parallel structure and verifiable answers.
 
 Pure Python, seeded, no downloads. Four families (drawn in task_families.py, people and companies
-in entities.py), each example records its own:
+in entities.py, the sub-questions' tables in tables.py), each example records its own:
 
 - ``profiles``: facts about 2–4 invented people or companies, in varied wording; the answer describes
   each entity in its own span (topic = the entity's name), restating every fact in the order the
