@@ -83,6 +83,14 @@ def add_bench(sub) -> None:
     add_model_arguments(o)
     o.add_argument("--requests", type=int, default=8)
     o.add_argument("--executors", default="local,ray", help="comma-separated: local, ray")
+    t = what.add_parser("train-step", help="one training step of a checkpoint's network, eager and compiled")
+    t.add_argument("--model", default=str(DEMO_MODEL), help="checkpoint folder (default: the demo model)")
+    t.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"], default="planned")
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--steps", type=int, default=50, help="timed steps per variant")
+    t.add_argument("--warmup", type=int, default=10, help="untimed steps first (compiling happens there)")
+    t.add_argument("--variants", default="eager,compiled", help="comma-separated: eager, compiled")
+    t.add_argument("--device", default=None, help="default: cuda if available")
 
 
 def add_train(sub) -> None:
@@ -114,6 +122,26 @@ def run_train(args) -> int:
 
     metrics = run(config, data, settings.output, settings.device, log)
     print(json.dumps({"output": settings.output, **metrics}))
+    return 0
+
+
+def run_train_step(args) -> int:
+    import torch
+
+    from plandiff.model.training.step_timing import time_steps
+
+    variants = args.variants.split(",")
+    if set(variants) - {"eager", "compiled"} or args.steps < 1 or args.warmup < 1 or args.batch_size < 1:
+        raise InvalidRequestError("--variants takes eager and/or compiled; --steps, --warmup, --batch-size ≥ 1")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch_device_name(device) if device.startswith("cuda") else "cpu"
+    print(f"{args.model}, mode {args.mode}, batch {args.batch_size}, {args.steps} timed steps after "
+          f"{args.warmup}, {name}, torch {torch.__version__}")
+    print(f"{'variant':10s} {'ms/step':>8s} {'warmup s':>9s} {'tokens/s':>10s} {'loss':>7s}")
+    results = time_steps(args.model, args.mode, args.batch_size, args.steps, args.warmup, device, variants)
+    for r in results:
+        print(f"{r.variant:10s} {r.ms_per_step:8.1f} {r.warmup_s:9.1f} {r.tokens_per_s:10.0f} {r.final_loss:7.3f}")
+    print(json.dumps([r.__dict__ for r in results]))
     return 0
 
 
@@ -269,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_train(args)
         if args.command == "eval":
             return run_eval(args)
+        if args.command == "bench" and args.bench == "train-step":
+            return run_train_step(args)
         if args.command == "bench":
             from .bench import run_overhead
 

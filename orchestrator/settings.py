@@ -103,6 +103,7 @@ class TrainSettings(BaseModel):
     seed: int = 0
     eval_every: int = Field(200, ge=1)
     init: str | None = None
+    compile: bool = False
     device: str | None = None
     network: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)

@@ -168,3 +168,37 @@ def test_eval_in_worker_processes_gives_the_same_answers(tmp_path, capsys):
 def test_eval_rejects_an_order_without_its_threshold(capsys):
     assert cli.main(["eval", "--model", DEMO_PD, "--order", "adaptive"]) == 2
     assert "--threshold" in capsys.readouterr().err
+
+
+def test_a_planned_model_starts_from_its_ar_twin(tmp_path, capsys):
+    """`init` may name a checkpoint trained in another mode: the PD model adapted from its AR
+    twin's weights (as Dream was from Qwen) starts from exactly those weights."""
+    recipe = yaml.safe_load(open(RECIPE))
+    recipe.update(output=str(tmp_path / "ar"), mode="autoregressive")
+    (tmp_path / "ar.yaml").write_text(yaml.safe_dump(recipe))
+    assert cli.main(["train", "--config", str(tmp_path / "ar.yaml"), "--steps", "2", "--device", "cpu"]) == 0
+    recipe.update(output=str(tmp_path / "pd"), mode="planned", init=str(tmp_path / "ar"), learning_rate=1e-9)
+    (tmp_path / "pd.yaml").write_text(yaml.safe_dump(recipe))
+    assert cli.main(["train", "--config", str(tmp_path / "pd.yaml"), "--steps", "1", "--device", "cpu"]) == 0
+    ar, pd = ModelRuntime.load(tmp_path / "ar"), ModelRuntime.load(tmp_path / "pd")
+    for (name, a), (_, b) in zip(ar.network.state_dict().items(), pd.network.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    saved = json.loads((tmp_path / "pd" / "training.json").read_text())
+    assert saved["config"]["mode"] == "planned" and saved["config"]["init"] == str(tmp_path / "ar")
+
+
+def test_bench_train_step_times_eager_and_compiled_alike(tmp_path, capsys):
+    """`plandiff bench train-step`: both variants run the same steps on the same batches from the
+    same weights, so their losses agree (fp32 on CPU); the times are positive."""
+    recipe = yaml.safe_load(open(RECIPE))
+    recipe.update(output=str(tmp_path / "m"))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert cli.main(["train", "--config", str(tmp_path / "r.yaml"), "--steps", "1", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert cli.main(["bench", "train-step", "--model", str(tmp_path / "m"), "--batch-size", "4", "--steps", "2",
+                     "--warmup", "1", "--device", "cpu"]) == 0
+    rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])}
+    assert set(rows) == {"eager", "compiled"}
+    assert rows["eager"]["final_loss"] == pytest.approx(rows["compiled"]["final_loss"], rel=1e-3)
+    assert all(r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 for r in rows.values())
+    assert cli.main(["bench", "train-step", "--model", str(tmp_path / "m"), "--variants", "fast"]) == 2

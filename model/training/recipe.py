@@ -60,7 +60,7 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
         tokenizer.save_pretrained(output)  # first, so that a twin may start from it while this one trains
         validation = make_split("validation", data.validation, data.seed)
         train_set, validation_set = (
-            [s for chunk in pool.map(_encode, _chunks(split), repeat(config), repeat(tokenizer), repeat(data.join))
+            [s for chunk in pool.map(encode_examples, _chunks(split), repeat(config), repeat(tokenizer), repeat(data.join))
              for s in chunk]
             for split in (examples, validation))
     tags = TagVocabulary.from_tokenizer(tokenizer)
@@ -85,7 +85,7 @@ def _chunks(examples: list[Example], size: int = 5000) -> list[list[Example]]:
     return [examples[i:i + size] for i in range(0, len(examples), size)]
 
 
-def _encode(examples: list[Example], config: TrainConfig, tokenizer, join: str) -> list[Sequence]:
+def encode_examples(examples: list[Example], config: TrainConfig, tokenizer, join: str) -> list[Sequence]:
     tags = TagVocabulary.from_tokenizer(tokenizer)
     codec = TextCodec(tokenizer, TagProfile(), tags)
     return encode(pairs(examples, config, tokenizer, join), tokenizer, tags, config, codec.encode_prompt)

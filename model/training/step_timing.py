@@ -1,0 +1,68 @@
+"""`plandiff bench train-step`: how long one optimizer step of a checkpoint's network takes on real
+batches of the synthetic task, eager and under torch.compile.
+
+Each variant starts from the checkpoint's weights, runs `warmup` steps (compiling happens there and
+is timed apart) and then `steps` timed steps on the same batches, with the device synchronized
+around the timed stretch. The loss after the timed steps is reported too: the variants compute
+the same thing, so the losses should agree to bf16 noise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..loading import load_checkpoint
+from ..tags import TagVocabulary
+from .objective import make_batch, pack
+from .recipe import encode_examples
+from .synthetic import make_split
+from .trainer import TrainConfig, autocast_for, loss_function, make_optimizer, optimize
+
+
+@dataclass
+class StepTiming:
+    variant: str
+    ms_per_step: float
+    warmup_s: float  # the first steps, compiling included
+    tokens_per_s: float
+    final_loss: float
+
+
+def time_steps(model: str, mode: str, batch_size: int, steps: int, warmup: int, device: str,
+               variants: list[str]) -> list[StepTiming]:
+    checkpoint = load_checkpoint(model, dtype="float32")
+    tokenizer = checkpoint.tokenizer
+    tags = TagVocabulary.from_tokenizer(tokenizer)
+    config = TrainConfig(mode=mode, batch_size=batch_size, dense=checkpoint.config.disable_block_sparsity)
+    data = pack(encode_examples(make_split("train", min(4096, 16 * batch_size), 0), config, tokenizer, "text"), tags.pad, device)
+    picker = torch.Generator().manual_seed(0)
+    batches = [torch.randperm(len(data), generator=picker)[:batch_size] for _ in range(warmup + steps)]
+    tokens = sum(int(data.lengths[i].max()) * batch_size for i in batches[warmup:])
+    results = []
+    for variant in variants:
+        network = checkpoint.network.__class__(checkpoint.config)
+        network.load_state_dict(checkpoint.network.state_dict())
+        network = network.to(device).train()
+        optimizer = make_optimizer(network, config, device)
+        step_loss = loss_function(variant == "compiled")
+        autocast = autocast_for(device)
+        generator = torch.Generator(device).manual_seed(0)
+        started = time.perf_counter()
+        for at, index in enumerate(batches):
+            if at == warmup:
+                _sync(device)
+                timed = time.perf_counter()
+                warmup_s = timed - started
+            stats = optimize(network, optimizer, step_loss, make_batch(data, index, tags.mask, generator), autocast)
+        _sync(device)
+        seconds = time.perf_counter() - timed
+        results.append(StepTiming(variant, 1e3 * seconds / steps, warmup_s, tokens / seconds, float(stats["loss"])))
+    return results
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
