@@ -92,8 +92,9 @@ def encode_examples(examples: list[Example], config: TrainConfig, tokenizer, joi
 
 
 def _start(config: TrainConfig, data: DataConfig) -> Checkpoint | None:
-    """The checkpoint `config.init` names, checked against the recipe: continuing training keeps
-    its network and tokenizer (the optimizer and the schedule start afresh)."""
+    """The checkpoint `config.init` names, checked against the recipe: training from it keeps its
+    network and tokenizer (the optimizer and the schedule start afresh). Its mode may differ: the
+    shipped PD model starts from its AR twin."""
     if not config.init:
         return None
     start = load_checkpoint(config.init, dtype="float32")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..loading import load_checkpoint
+from ..network import DreamNetwork
 from ..tags import TagVocabulary
 from .objective import make_batch, pack
 from .recipe import encode_examples
@@ -37,13 +38,15 @@ def time_steps(model: str, mode: str, batch_size: int, steps: int, warmup: int, 
     tokenizer = checkpoint.tokenizer
     tags = TagVocabulary.from_tokenizer(tokenizer)
     config = TrainConfig(mode=mode, batch_size=batch_size, dense=checkpoint.config.disable_block_sparsity)
-    data = pack(encode_examples(make_split("train", min(4096, 16 * batch_size), 0), config, tokenizer, "text"), tags.pad, device)
+    examples = make_split("train", min(4096, 16 * batch_size), 0)
+    data = pack(encode_examples(examples, config, tokenizer, join="text"), tags.pad, device)
     picker = torch.Generator().manual_seed(0)
     batches = [torch.randperm(len(data), generator=picker)[:batch_size] for _ in range(warmup + steps)]
-    tokens = sum(int(data.lengths[i].max()) * batch_size for i in batches[warmup:])
+    lengths = [int(data.lengths[i].max()) for i in batches]  # known before the loop, as in the trainer
+    tokens = sum(lengths[warmup:]) * batch_size
     results = []
     for variant in variants:
-        network = checkpoint.network.__class__(checkpoint.config)
+        network = DreamNetwork(checkpoint.config)
         network.load_state_dict(checkpoint.network.state_dict())
         network = network.to(device).train()
         optimizer = make_optimizer(network, config, device)
@@ -51,12 +54,13 @@ def time_steps(model: str, mode: str, batch_size: int, steps: int, warmup: int, 
         autocast = autocast_for(device)
         generator = torch.Generator(device).manual_seed(0)
         started = time.perf_counter()
-        for at, index in enumerate(batches):
+        for at, (index, length) in enumerate(zip(batches, lengths)):
             if at == warmup:
                 _sync(device)
                 timed = time.perf_counter()
                 warmup_s = timed - started
-            stats = optimize(network, optimizer, step_loss, make_batch(data, index, tags.mask, generator), autocast)
+            batch = make_batch(data, index, tags.mask, generator, length)
+            stats = optimize(network, optimizer, step_loss, batch, autocast)
         _sync(device)
         seconds = time.perf_counter() - timed
         results.append(StepTiming(variant, 1e3 * seconds / steps, warmup_s, tokens / seconds, float(stats["loss"])))

@@ -35,7 +35,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 200
     diffusion_length: int = 160  # answer tokens of a diffusion-only sequence (padded)
-    init: str | None = None  # continue from this checkpoint folder (weights, network, tokenizer)
+    init: str | None = None  # start from this checkpoint folder (weights, network, tokenizer; any mode)
     compile: bool = False  # torch.compile the forward pass and the loss (`plandiff bench train-step` times it)
     network: dict = field(default_factory=dict)  # DreamConfig fields (hidden_size, num_hidden_layers, …)
 
