@@ -9,7 +9,7 @@ from plandiff.model.layout import allowed
 from plandiff.model.network import DreamNetwork
 from plandiff.model.random_checkpoint import tiny_config
 from plandiff.model.training.objective import (
-    IGNORE, autoregressive_sequence, diffusion_sequence, loss, make_batch, pack, planned_sequence,
+    IGNORE, autoregressive_sequence, concat, diffusion_sequence, loss, make_batch, pack, planned_sequence,
 )
 
 PLAN = "<promise>-<topic>alpha 3</topic><promise>-<topic>beta 1</topic><sync/><promise>-<topic>gamma 1</topic><|im_end|>"
@@ -66,6 +66,20 @@ def test_noise_and_targets(compact):
     clean = torch.tensor(s.tokens)
     assert torch.equal(batch.targets[0][masked[0]], clean[masked[0]])
     assert not set(torch.nonzero(masked[0]).flatten().tolist()) - set(s.slots)  # only slots are noised
+
+
+def test_chunks_packed_apart_and_joined_equal_one_pack(compact):
+    """Worker processes pack chunks of different widths; joined, they are the pack of all rows."""
+    tags, prompt = compact.tags, compact.encode_prompt("x")
+    sequences = [planned_sequence(prompt, encode(compact, ANSWER), tags.end[0], tags),
+                 autoregressive_sequence(prompt, encode(compact, "Short."), tags.end[0]),
+                 diffusion_sequence(prompt, encode(compact, "Hi."), tags.end[0], tags.pad, 8),
+                 autoregressive_sequence(prompt, encode(compact, "A little longer than short."), tags.end[0])]
+    whole = pack(sequences, tags.pad)
+    joined = concat([pack(sequences[:1], tags.pad), pack(sequences[1:3], tags.pad), pack(sequences[3:], tags.pad)],
+                    tags.pad)
+    for name in ("tokens", "ar_labels", "region", "epoch", "maskable", "lengths"):
+        assert torch.equal(getattr(whole, name), getattr(joined, name)), name
 
 
 def test_batch_masks_are_the_layouts_and_hide_padding(compact):

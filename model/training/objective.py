@@ -20,7 +20,7 @@ loss = mean plan cross-entropy + Σ_masked CE/t ÷ number of slots.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Literal
 
 import torch
@@ -149,6 +149,9 @@ class Packed:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def to(self, device: str | torch.device) -> Packed:
+        return Packed(*(t.to(device) for t in astuple(self)))
+
 
 def pack(sequences: list[Sequence], pad_token: int, device: str | torch.device = "cpu") -> Packed:
     n, length = len(sequences), max(len(s.tokens) for s in sequences)
@@ -164,7 +167,26 @@ def pack(sequences: list[Sequence], pad_token: int, device: str | torch.device =
         region[i, :size], epoch[i, :size] = s.layout.tensors()
         maskable[i, s.slots] = True
     lengths = torch.tensor([len(s.tokens) for s in sequences])
-    return Packed(*(t.to(device) for t in (tokens, labels, region, epoch, maskable, lengths)))
+    return Packed(tokens, labels, region, epoch, maskable, lengths).to(device)
+
+
+def concat(parts: list[Packed], pad_token: int) -> Packed:
+    """The rows of `parts` (CPU) in order, right-padded to the longest: worker processes pack their
+    chunks, so the main process copies arrays instead of building a million rows one by one."""
+    length = max(p.tokens.shape[1] for p in parts)
+
+    def widen(p: Packed) -> Packed:
+        n, extra = len(p), length - p.tokens.shape[1]
+
+        def fill(value, dtype=torch.long):
+            return torch.full((n, extra), value, dtype=dtype)
+
+        return Packed(
+            torch.cat([p.tokens, fill(pad_token)], 1), torch.cat([p.ar_labels, fill(IGNORE)], 1),
+            torch.cat([p.region, torch.arange(_PAD_REGION + p.tokens.shape[1], _PAD_REGION + length).repeat(n, 1)], 1),
+            torch.cat([p.epoch, fill(_PAD_EPOCH)], 1), torch.cat([p.maskable, fill(False, torch.bool)], 1), p.lengths)
+
+    return Packed(*(torch.cat(column) for column in zip(*(astuple(widen(p)) for p in parts))))
 
 
 def make_batch(data: Packed, index: torch.Tensor, mask_token: int, generator: torch.Generator,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from itertools import repeat
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedTokenizerFast
 
 from ..codec import TextCodec
@@ -16,7 +17,7 @@ from ..config import DreamConfig
 from ..errors import InvalidRequestError
 from ..loading import Checkpoint, load_checkpoint, load_tokenizer
 from ..tags import TagProfile, TagVocabulary
-from .objective import Sequence
+from .objective import Packed, Sequence, concat, pack
 from .synthetic import Example, ar_completion, completion, make_split
 from .tokenizer import train_tokenizer
 from .trainer import Pair, TrainConfig, encode, train
@@ -59,11 +60,11 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
         tokenizer = named or build_tokenizer(examples, data.vocab_size)
         tokenizer.save_pretrained(output)  # first, so that a twin may start from it while this one trains
         validation = make_split("validation", data.validation, data.seed)
-        train_set, validation_set = (
-            [s for chunk in pool.map(encode_examples, _chunks(split), repeat(config), repeat(tokenizer), repeat(data.join))
-             for s in chunk]
+        tags = TagVocabulary.from_tokenizer(tokenizer)
+        train_data, validation_data = (
+            concat([Packed(*map(torch.from_numpy, arrays)) for arrays in pool.map(
+                _encode_and_pack, _chunks(split), repeat(config), repeat(tokenizer), repeat(data.join))], tags.pad)
             for split in (examples, validation))
-    tags = TagVocabulary.from_tokenizer(tokenizer)
     if start:
         network, initial = start.config, start.network.state_dict()  # loaded in float32
     else:
@@ -73,7 +74,7 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
             "bos_token_id": tags.end[-1], "eos_token_id": tags.end[-1], "max_position_embeddings": 1024,
             "rope_theta": 10000.0, "disable_block_sparsity": config.dense, **config.network,
         }), None
-    return train(config, network, tokenizer, tags, train_set, validation_set, output, device, log, initial,
+    return train(config, network, tokenizer, tags, train_data, validation_data, output, device, log, initial,
                  record={"data": asdict(data)})
 
 
@@ -89,6 +90,12 @@ def encode_examples(examples: list[Example], config: TrainConfig, tokenizer, joi
     tags = TagVocabulary.from_tokenizer(tokenizer)
     codec = TextCodec(tokenizer, TagProfile(), tags)
     return encode(pairs(examples, config, tokenizer, join), tokenizer, tags, config, codec.encode_prompt)
+
+
+def _encode_and_pack(examples: list[Example], config: TrainConfig, tokenizer, join: str) -> tuple:
+    """A chunk encoded and packed in a worker, returned as numpy arrays (a plain copy to send back)."""
+    packed = pack(encode_examples(examples, config, tokenizer, join), TagVocabulary.from_tokenizer(tokenizer).pad)
+    return tuple(t.numpy() for t in astuple(packed))
 
 
 def _start(config: TrainConfig, data: DataConfig) -> Checkpoint | None:

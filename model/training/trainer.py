@@ -19,7 +19,7 @@ from ..config import DreamConfig
 from ..loading import save_checkpoint
 from ..network import DreamNetwork
 from ..tags import TagVocabulary
-from .objective import (Mode, Packed, Sequence, autoregressive_sequence, diffusion_sequence, loss, make_batch, pack,
+from .objective import (Mode, Packed, Sequence, autoregressive_sequence, diffusion_sequence, loss, make_batch,
                         planned_sequence)
 
 
@@ -69,8 +69,8 @@ def train(
     network_config: DreamConfig,
     tokenizer: PreTrainedTokenizerBase,
     tags: TagVocabulary,
-    train_set: list[Sequence],
-    validation_set: list[Sequence],
+    train_data: Packed,
+    validation_data: Packed,
     output: str | Path,
     device: str | None = None,
     log: Callable[[dict], None] | None = None,
@@ -88,10 +88,10 @@ def train(
     torch.manual_seed(config.seed)
     # The data lives on the device and batches are drawn there, so the GPU never waits on Python;
     # the rows of a batch are picked on the CPU, where their lengths are known without a sync.
-    train_data, validation_data = pack(train_set, tags.pad, device), pack(validation_set, tags.pad, device)
+    lengths = train_data.lengths
+    train_data, validation_data = train_data.to(device), validation_data.to(device)
     picker = torch.Generator().manual_seed(config.seed)
     generator = torch.Generator(device).manual_seed(config.seed)
-    lengths = train_data.lengths.cpu()
     network = DreamNetwork(network_config)
     if initial is not None:
         network.load_state_dict(initial)
