@@ -88,7 +88,7 @@ def train(
     torch.manual_seed(config.seed)
     # The data lives on the device and batches are drawn there, so the GPU never waits on Python;
     # the rows of a batch are picked on the CPU, where their lengths are known without a sync.
-    lengths = train_data.lengths
+    lengths = train_data.lengths.cpu()
     train_data, validation_data = train_data.to(device), validation_data.to(device)
     picker = torch.Generator().manual_seed(config.seed)
     generator = torch.Generator(device).manual_seed(config.seed)
