@@ -62,11 +62,14 @@ def plot(rows: list[dict], path: Path) -> None:
         labels += [(r["critical_path"], 100 * r["accuracy"],
                     " ".join(f"{_SHORT.get(k, k)}={r['options'].get(k)}" for k in varying), drawn.get_color())
                    for r in (mine if varying else [])]
+    largest = {}  # the goal line, half the AR critical path: one per AR model, from its largest sample
     for r in rows:
-        if r["mode"] == "autoregressive":  # the goal line: half the AR critical path
-            axes.axvline(r["critical_path"] / 2, color="grey", linestyle=":", linewidth=1)
-            axes.annotate(f"½ {r['label']}", (r["critical_path"] / 2, 0.02), xycoords=("data", "axes fraction"),
-                          fontsize=7, color="grey", xytext=(3, 0), textcoords="offset points")
+        if r["mode"] == "autoregressive" and r["examples"] >= largest.get(r["model"], {}).get("examples", 0):
+            largest[r["model"]] = r
+    for r in largest.values():
+        axes.axvline(r["critical_path"] / 2, color="grey", linestyle=":", linewidth=1)
+        axes.annotate(f"½ {r['label']}", (r["critical_path"] / 2, 0.02), xycoords=("data", "axes fraction"),
+                      fontsize=7, color="grey", xytext=(3, 0), textcoords="offset points")
     axes.set_xscale("log")  # baselines can sit several times further out than the rows that matter
     low, high = axes.get_xlim()
     axes.set_xticks([t for t in (5, 10, 15, 20, 30, 40, 60, 80, 100, 150, 200, 300, 500, 1000) if low <= t <= high])
