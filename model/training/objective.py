@@ -132,6 +132,9 @@ class Batch:
 # key is invisible to every real query, and a padding query sees itself (no empty softmax row).
 _PAD_REGION = 1 << 30
 _PAD_EPOCH = 1 << 30
+# Packed ids, labels, regions and epochs are int32: half the memory of int64 (a million examples
+# are gigabytes), and every value fits (vocabularies and layouts stay far below 2³¹).
+STORED = torch.int32
 
 
 @dataclass
@@ -155,10 +158,10 @@ class Packed:
 
 def pack(sequences: list[Sequence], pad_token: int, device: str | torch.device = "cpu") -> Packed:
     n, length = len(sequences), max(len(s.tokens) for s in sequences)
-    tokens = torch.full((n, length), pad_token, dtype=torch.long)
-    labels = torch.full((n, length), IGNORE, dtype=torch.long)
-    region = torch.arange(_PAD_REGION, _PAD_REGION + length).repeat(n, 1)
-    epoch = torch.full((n, length), _PAD_EPOCH, dtype=torch.long)
+    tokens = torch.full((n, length), pad_token, dtype=STORED)
+    labels = torch.full((n, length), IGNORE, dtype=STORED)
+    region = torch.arange(_PAD_REGION, _PAD_REGION + length, dtype=STORED).repeat(n, 1)
+    epoch = torch.full((n, length), _PAD_EPOCH, dtype=STORED)
     maskable = torch.zeros((n, length), dtype=torch.bool)
     for i, s in enumerate(sequences):
         size = len(s.tokens)
@@ -178,12 +181,13 @@ def concat(parts: list[Packed], pad_token: int) -> Packed:
     def widen(p: Packed) -> Packed:
         n, extra = len(p), length - p.tokens.shape[1]
 
-        def fill(value, dtype=torch.long):
+        def fill(value, dtype=STORED):
             return torch.full((n, extra), value, dtype=dtype)
 
         return Packed(
             torch.cat([p.tokens, fill(pad_token)], 1), torch.cat([p.ar_labels, fill(IGNORE)], 1),
-            torch.cat([p.region, torch.arange(_PAD_REGION + p.tokens.shape[1], _PAD_REGION + length).repeat(n, 1)], 1),
+            torch.cat([p.region, torch.arange(_PAD_REGION + p.tokens.shape[1], _PAD_REGION + length,
+                                              dtype=STORED).repeat(n, 1)], 1),
             torch.cat([p.epoch, fill(_PAD_EPOCH)], 1), torch.cat([p.maskable, fill(False, torch.bool)], 1), p.lengths)
 
     return Packed(*(torch.cat(column) for column in zip(*(astuple(widen(p)) for p in parts))))
@@ -195,7 +199,7 @@ def make_batch(data: Packed, index: torch.Tensor, mask_token: int, generator: to
     noised at its own t ~ U(ε, 1) (on the generator's device, which must be the data's)."""
     index = index.to(data.tokens.device, non_blocking=True)
     length = length or int(data.lengths[index].max())
-    ids = data.tokens[index, :length]
+    ids = data.tokens[index, :length].long()
     region, epoch = data.region[index, :length], data.epoch[index, :length]
     positions = torch.arange(length, device=ids.device)
     t = (1 - EPS) * torch.rand(len(index), generator=generator, device=ids.device) + EPS
@@ -204,7 +208,7 @@ def make_batch(data: Packed, index: torch.Tensor, mask_token: int, generator: to
     return Batch(
         input_ids=torch.where(noised, mask_token, ids),
         mask=allowed(positions, region, epoch, positions, region, epoch),
-        ar_labels=data.ar_labels[index, :length],
+        ar_labels=data.ar_labels[index, :length].long(),
         targets=torch.where(noised, ids, IGNORE),
         weights=1 / t,
         slots=maskable.sum(dim=1).float(),
