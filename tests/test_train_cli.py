@@ -139,12 +139,23 @@ def test_eval_writes_a_report_that_accumulates(tmp_path, capsys):
     assert rows[0]["critical_path"] >= rows[1]["critical_path"]  # fewer steps, never more forwards
     table = (report / "results.md").read_text()
     assert "| PD | steps_ratio=0.5, order=adaptive, threshold=0.9 |" in table and "| AR |" in table
+    assert "| 95 % interval |" in table
     assert (report / "latency-accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the same row measured again replaces the old one
     assert cli.main(["eval", "--model", DEMO_AR, "--mode", "autoregressive", "--label", "AR", "--examples", "2",
                      "--report", str(report)]) == 0
     rows = json.loads((report / "results.json").read_text())
     assert len(rows) == 3 and rows[-1]["examples"] == 2
+
+
+def test_report_intervals_are_wilson_score_intervals():
+    from plandiff.model.training.report import wilson
+
+    low, high = wilson(0.5, 100)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    low, high = wilson(1.0, 4)  # all right on 4 examples: far from a sure 100 %
+    assert low == pytest.approx(0.5101, abs=1e-4) and high == 1.0
+    assert wilson(0.948, 2000)[1] - wilson(0.948, 2000)[0] < wilson(0.948, 500)[1] - wilson(0.948, 500)[0]
 
 
 def test_eval_in_worker_processes_gives_the_same_answers(tmp_path, capsys):

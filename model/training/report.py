@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,19 +33,32 @@ def add_rows(folder: str | Path, rows: list[dict]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     families = sorted({f for r in rows for f in r["by_family"]})
-    head = ["model", "options", "accuracy", *families, "valid plans", "critical path", "of which denoising",
-            "s/answer", "n"]
+    head = ["model", "options", "accuracy", "95 % interval", *families, "valid plans", "critical path",
+            "of which denoising", "s/answer", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["label"], _options(r["options"]), f"{r['accuracy']:.1%}",
+        low, high = wilson(r["accuracy"], r["examples"])
+        cells = [r["label"], _options(r["options"]), f"{r['accuracy']:.1%}", f"{low:.1%}–{high:.1%}",
                  *(f"{r['by_family'][f]:.0%}" if f in r["by_family"] else "" for f in families),
                  f"{r['valid_plans']:.1%}", f"{r['critical_path']:.1f}",
                  f"{r['denoising']:.1f}" if "denoising" in r else "", f"{r['seconds']:.3f}", str(r["examples"])]
         lines.append("| " + " | ".join(cells) + " |")
     devices = sorted({r["device"] for r in rows})
     lines += ["", "critical path: mean sequential forward passes per answer; of which denoising: the diffusion steps "
-              f"among them (the rest are the prompt, plan and plain-text tokens). s/answer: wall time on {', '.join(devices)}."]
+              f"among them (the rest are the prompt, plan and plain-text tokens). s/answer: wall time on {', '.join(devices)}.",
+              "", "95 % interval: the Wilson score interval of the accuracy over the row's n examples (sampling "
+              "error only: two rows on the same prompts differ by less than their intervals suggest)."]
     return "\n".join(lines) + "\n"
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion p observed over n trials (sound near 0 and 1,
+    where p ± z·√(p(1−p)/n) collapses to a point)."""
+    if n == 0:
+        return 0.0, 1.0
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def plot(rows: list[dict], path: Path) -> None:
