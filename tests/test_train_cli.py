@@ -213,3 +213,25 @@ def test_bench_train_step_times_eager_and_compiled_alike(tmp_path, capsys):
     assert rows["eager"]["final_loss"] == pytest.approx(rows["compiled"]["final_loss"], rel=1e-3)
     assert all(r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 for r in rows.values())
     assert cli.main(["bench", "train-step", "--model", str(tmp_path / "m"), "--variants", "fast"]) == 2
+
+
+@pytest.mark.timeout(180)
+def test_data_workers_forked_after_loading_a_checkpoint_do_not_hang(tmp_path, capsys):
+    """The data workers are forked after `init` is loaded. A worker that entered the OpenMP pool the
+    parent had used hung at its first large tensor (a 1,000,000-example run on the device sat for
+    ten minutes); the workers now run one torch thread each."""
+    recipe = yaml.safe_load(open(RECIPE))
+    recipe.update(output=str(tmp_path / "first"))
+    (tmp_path / "first.yaml").write_text(yaml.safe_dump(recipe))
+    assert cli.main(["train", "--config", str(tmp_path / "first.yaml"), "--steps", "1", "--device", "cpu"]) == 0
+    recipe.update(output=str(tmp_path / "second"), init=str(tmp_path / "first"))
+    recipe["data"]["train"] = 1000  # one chunk whose packed tensors are large enough to be filled in parallel
+    (tmp_path / "second.yaml").write_text(yaml.safe_dump(recipe))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.ones(1 << 22).add_(1)  # the parent's OpenMP pool is in use before the fork
+        assert cli.main(["train", "--config", str(tmp_path / "second.yaml"), "--steps", "1", "--device", "cpu"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "second" / "training.json").read_text())["steps_done"] == 1

@@ -55,7 +55,10 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
     # A tokenizer named by the recipe is loaded first: a wrong folder fails before minutes of drawing.
     named = start.tokenizer if start else load_tokenizer(Path(data.tokenizer)) if data.tokenizer else None
     # Drawing and encoding examples is pure Python: spread over the cores (one per chunk of work).
-    with ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("fork")) as pool:
+    # One torch thread per worker: a forked child must not enter the OpenMP pool that the parent may
+    # have used (loading `init` does), or its first large tensor operation hangs.
+    with ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("fork"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
         examples = make_split("train", data.train, data.seed, pool=pool)
         tokenizer = named or build_tokenizer(examples, data.vocab_size)
         tokenizer.save_pretrained(output)  # first, so that a twin may start from it while this one trains
