@@ -206,6 +206,30 @@ def run_eval(args) -> int:
     return 0
 
 
+def add_probe(sub) -> None:
+    p = sub.add_parser("probe", help="masked-number probe: the numbers of gold sub-question answers, "
+                                     "each hidden alone (docs/performance.md)")
+    p.add_argument("--model", required=True, help="checkpoint folder")
+    p.add_argument("--mode", choices=["planned", "autoregressive"], default="planned")
+    p.add_argument("--split", choices=["test", "train"], default="test",
+                   help="train: the first examples the model was trained on (with --seed its data seed)")
+    p.add_argument("--examples", type=int, default=500, help="examples drawn; the sub-question ones are probed")
+    p.add_argument("--seed", type=int, default=0, help="the data seed the model was trained with")
+
+
+def run_probe(args) -> int:
+    from plandiff.model import ModelRuntime
+    from plandiff.model.training.probe import probe_numbers
+    from plandiff.model.training.synthetic import make_split
+
+    if args.examples < 1:
+        raise InvalidRequestError("--examples must be at least 1")
+    result = probe_numbers(ModelRuntime.load(args.model), make_split(args.split, args.examples, args.seed), args.mode)
+    print(json.dumps({"model": args.model, "mode": args.mode, "split": args.split, "examples": args.examples,
+                      **result.__dict__, "accuracy": result.accuracy}))
+    return 0
+
+
 def torch_device_name(device: str) -> str:
     import torch
 
@@ -289,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     add_bench(sub)
     add_train(sub)
     add_eval(sub)
+    add_probe(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
@@ -297,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_train(args)
         if args.command == "eval":
             return run_eval(args)
+        if args.command == "probe":
+            return run_probe(args)
         if args.command == "bench" and args.bench == "train-step":
             return run_train_step(args)
         if args.command == "bench":
