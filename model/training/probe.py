@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layout import allowed
+from ..layout import mask_rows
 from ..runtime import ModelRuntime
 from .objective import IGNORE, Sequence
 from .recipe import encode_examples
@@ -44,15 +44,16 @@ def probe_numbers(runtime: ModelRuntime, examples: list[Example], mode: str) -> 
         for sequence in encode_examples(chosen, TrainConfig(mode=mode), runtime.tokenizer, "span"):
             runs = _numbers(sequence, digits, mode)
             numbers += len(runs)
+            mask = mask_rows(sequence.layout, torch.arange(len(sequence.tokens)), len(sequence.tokens))
             if mode == "autoregressive":  # one causal forward scores every digit given the gold prefix
-                predicted = _logits(runtime, sequence.tokens, sequence).argmax(-1)
+                predicted = _logits(runtime, sequence.tokens, mask).argmax(-1)
                 known += sum(all(predicted[p - 1] == sequence.tokens[p] for p in run) for run in runs)
                 continue
             for run in runs:
                 hidden = list(sequence.tokens)
                 for p in run:
                     hidden[p] = runtime.tags.mask
-                predicted = _logits(runtime, hidden, sequence).argmax(-1)
+                predicted = _logits(runtime, hidden, mask).argmax(-1)
                 known += all(predicted[p - 1] == sequence.tokens[p] for p in run)
     return NumberProbe(len(chosen), numbers, known)
 
@@ -76,10 +77,6 @@ def _numbers(sequence: Sequence, digits: set[int], mode: str) -> list[list[int]]
     return runs
 
 
-def _logits(runtime: ModelRuntime, tokens: list[int], sequence: Sequence) -> torch.Tensor:
-    network = runtime.network
-    device = next(network.parameters()).device
-    region, epoch = sequence.layout.tensors(device)
-    positions = torch.arange(len(tokens), device=device)
-    mask = allowed(positions, region, epoch, positions, region, epoch)
-    return network.forward_train(torch.tensor([tokens], device=device), mask[None])[0]
+def _logits(runtime: ModelRuntime, tokens: list[int], mask: torch.Tensor) -> torch.Tensor:
+    device = next(runtime.network.parameters()).device
+    return runtime.network.forward_train(torch.tensor([tokens], device=device), mask[None].to(device))[0]
