@@ -1,17 +1,24 @@
 """plandiff.model: the planned-diffusion network, tags, plan grammar, layout, unmasking and generation.
 
-Pure torch + transformers; knows nothing of Ray, HTTP or requests.
+Pure torch + transformers; knows nothing of Ray, HTTP or requests. The names below load on first
+use, so that the control plane can import the options, errors and events without torch.
 """
 
-from .errors import (
-    CheckpointError, InvalidPlanError, InvalidRequestError, MalformedPlanError, PlandiffError, PromptTooLongError,
-)
-from .options import GenerationOptions
-from .result import GenerationResult
-from .runtime import ModelRuntime
-from .unmasking import Sampling
+from importlib import import_module
 
-__all__ = [
-    "CheckpointError", "GenerationOptions", "GenerationResult", "InvalidPlanError", "InvalidRequestError",
-    "MalformedPlanError", "ModelRuntime", "PlandiffError", "PromptTooLongError", "Sampling",
-]
+_WHERE = {
+    "CheckpointError": "errors", "InvalidPlanError": "errors", "InvalidRequestError": "errors",
+    "MalformedPlanError": "errors", "PlandiffError": "errors", "PromptTooLongError": "errors",
+    "GenerationOptions": "options", "Sampling": "options",
+    "GenerationResult": "result", "ModelRuntime": "runtime",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

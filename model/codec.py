@@ -9,23 +9,30 @@ reaches the model as the characters it holds.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
-
-from .generation import RequestState
-from .loading import load_tokenizer, read_config
+from .checkpoint_folder import load_tokenizer, read_config
+from .errors import InvalidRequestError
 from .result import GenerationResult, RoundResult, SpanResult, Usage, strip_tags
 from .tags import TagProfile, TagVocabulary
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from .generation import RequestState
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
 
 class TextCodec:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, profile: TagProfile, tags: TagVocabulary):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, profile: TagProfile, tags: TagVocabulary,
+                 vocab_size: int | None = None, max_positions: int | None = None):
         self.tokenizer = tokenizer
         self.profile = profile
         self.tags = tags
-        self._pieces: dict[bool, list[list[int]]] = {}
+        self.vocab_size = vocab_size  # the network's, which may exceed the tokenizer's
+        self.max_positions = max_positions
+        self._pieces: dict[tuple[str, ...], list[list[int]]] = {}
 
     @classmethod
     def load(cls, folder: str | Path) -> TextCodec:
@@ -33,13 +40,15 @@ class TextCodec:
         config = read_config(folder)
         tokenizer = load_tokenizer(folder)
         profile = TagProfile.from_overrides(config.plandiff_tags)
-        return cls(tokenizer, profile, TagVocabulary.from_tokenizer(tokenizer, profile))
+        return cls(tokenizer, profile, TagVocabulary.from_tokenizer(tokenizer, profile), config.vocab_size,
+                   config.max_position_embeddings)
 
     # ------------------------------------------------------------------ in
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of plain text: the tokenizer's normalizer, pre-tokenizer and model, but no
         added-token matching, so no tag can come out of it."""
+        check_text(text)
         backend = self.tokenizer.backend_tokenizer
         if backend.normalizer is not None:
             text = backend.normalizer.normalize_str(text)
@@ -49,20 +58,28 @@ class TextCodec:
     def encode_prompt(self, prompt: str, system: str | None = DEFAULT_SYSTEM) -> list[int]:
         """The chat prompt as the checkpoints were trained on it (ChatML with a system message). The
         template's own tokens are matched as tags; the messages' contents are plain text."""
+        if not prompt:
+            raise InvalidRequestError("the prompt is empty", field="prompt")
+        messages = ([("system", system)] if system else []) + [("user", prompt)]
+        return self.encode_chat(messages)
+
+    def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]:
+        """A conversation of (role, content) pairs, rendered by the checkpoint's chat template with a
+        generation prompt; a tokenizer without a template gets the contents joined by newlines."""
         if not getattr(self.tokenizer, "chat_template", None):
-            return self.encode_text(prompt)
-        contents = ([system] if system else []) + [prompt]
-        pieces = self._template_pieces(bool(system))
+            return self.encode_text("\n".join(content for _, content in messages))
+        roles = tuple(role for role, _ in messages)
+        pieces = self._template_pieces(roles)
         ids: list[int] = []
-        for piece, content in zip(pieces, contents):
+        for piece, (_, content) in zip(pieces, messages):
             ids += piece + self.encode_text(content)
         return ids + pieces[-1]
 
-    def _template_pieces(self, with_system: bool) -> list[list[int]]:
-        """The chat template's token ids around each message (rendered once with placeholder
-        contents: the template is the same for every prompt, the contents are plain text)."""
-        if with_system not in self._pieces:
-            roles = (["system"] if with_system else []) + ["user"]
+    def _template_pieces(self, roles: tuple[str, ...]) -> list[list[int]]:
+        """The chat template's token ids around each message (rendered once per sequence of roles with
+        placeholder contents: the template's own text is the same whatever the contents, which stay
+        plain text)."""
+        if roles not in self._pieces:
             markers = [f"\x00{i}\x00" for i in range(len(roles))]
             rendered = self.tokenizer.apply_chat_template(
                 [{"role": role, "content": marker} for role, marker in zip(roles, markers)],
@@ -72,12 +89,15 @@ class TextCodec:
             for marker in markers:
                 before, rendered = rendered.split(marker, 1)
                 pieces.append(self.tokenizer.encode(before, add_special_tokens=False))
-            self._pieces[with_system] = [*pieces, self.tokenizer.encode(rendered, add_special_tokens=False)]
-        return self._pieces[with_system]
+            self._pieces[roles] = [*pieces, self.tokenizer.encode(rendered, add_special_tokens=False)]
+        return self._pieces[roles]
 
     def encode_plan(self, plan: str) -> list[list[int]]:
         """A forced plan written as text ("<promise>-<topic>Intro 3</topic><sync/>…<|im_end|>"),
         split into rounds after each <sync/>."""
+        check_text(plan, "plan")
+        if not plan.strip():
+            raise InvalidRequestError("the forced plan is empty", field="plan")
         rounds, current = [], []
         for token in self.tokenizer.encode(plan, add_special_tokens=False):
             current.append(token)
@@ -128,6 +148,16 @@ class TextCodec:
             text=text, token_ids=generated, prompt_ids=state.tokens[: state.prompt_length], rounds=rounds,
             usage=usage, finish_reason=state.finish_reason, fallback=state.fallback,
         )
+
+
+def check_text(text: str, field: str = "prompt") -> None:
+    """Text must be valid Unicode that UTF-8 can hold: a lone surrogate (from bytes decoded with
+    surrogateescape, or a broken JSON escape) cannot be tokenized."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidRequestError(f"{field} is not valid UTF-8 text: {err.reason} at character {err.start}",
+                                  field=field) from None
 
 
 def _cut_at_end(ids: list[int], ends: tuple[int, ...]) -> list[int]:

@@ -9,16 +9,23 @@ class CheckpointError(PlandiffError):
     """A checkpoint folder is missing a file, has a bad config, or lacks a control tag."""
 
 
-class PromptTooLongError(PlandiffError):
-    """The prompt does not leave room for a single generated token."""
-
-
 class InvalidPlanError(PlandiffError):
     """A plan given by the caller (forced-plan mode) breaks the plan grammar or a bound."""
 
 
-class InvalidRequestError(PlandiffError):
-    """A generation option or input is out of range."""
+class InvalidRequestError(PlandiffError, ValueError):
+    """A generation option or input is out of range. `field` names it (dotted for nested ones)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class PromptTooLongError(InvalidRequestError):
+    """The prompt does not leave room for a single generated token (or exceeds a server's bound)."""
+
+    def __init__(self, message: str, field: str | None = "prompt"):
+        super().__init__(message, field)
 
 
 class MalformedPlanError(PlandiffError):

@@ -89,12 +89,18 @@ class RequestState:
         tags: TagVocabulary,
         *,
         max_positions: int,
+        vocab_size: int | None = None,
         dense_default: bool = False,
         plan: list[list[int]] | None = None,
         logits_processor: LogitsProcessor | None = None,
     ):
         if not prompt_ids:
-            raise InvalidRequestError("the prompt is empty; at least one token is needed")
+            raise InvalidRequestError("the prompt is empty; at least one token is needed", field="prompt")
+        bad = next((t for t in prompt_ids if not isinstance(t, int) or isinstance(t, bool) or t < 0
+                    or vocab_size is not None and t >= vocab_size), None)
+        if bad is not None:
+            raise InvalidRequestError(f"prompt token id {bad!r} is not an id of the model's vocabulary "
+                                      f"(0 … {vocab_size - 1 if vocab_size else 'its size'})", field="prompt_ids")
         if len(prompt_ids) >= max_positions:
             raise PromptTooLongError(
                 f"the prompt has {len(prompt_ids)} tokens; the model's context holds {max_positions}, "
@@ -105,7 +111,8 @@ class RequestState:
         if control & set(prompt_ids):
             raise InvalidRequestError(
                 "the prompt ids hold control-tag ids "
-                f"{sorted(control & set(prompt_ids))}; tags cannot be given as input (send text instead)"
+                f"{sorted(control & set(prompt_ids))}; tags cannot be given as input (send text instead)",
+                field="prompt_ids",
             )
         self.options = options
         self.tags = tags

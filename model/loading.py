@@ -14,8 +14,9 @@ import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase
 
+from .checkpoint_folder import load_tokenizer, read_config
 from .config import DreamConfig
 from .errors import CheckpointError
 from .network import DreamNetwork
@@ -44,41 +45,6 @@ def resolve_dtype(name: str | torch.dtype | None, config: DreamConfig) -> torch.
     return DTYPES[name]
 
 
-def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
-    """tokenizer.json if present; else vocab.json + merges.txt as a Qwen2 byte-level BPE, which is what
-    the released checkpoints' remote-code DreamTokenizer is (reference §1.3)."""
-    try:
-        if (folder / "tokenizer.json").exists():
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
-        elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
-            from transformers import Qwen2Tokenizer
-
-            tokenizer = Qwen2Tokenizer.from_pretrained(folder)
-        else:
-            raise CheckpointError(f"{folder} has no tokenizer: neither tokenizer.json nor vocab.json + merges.txt")
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot load the tokenizer of {folder}: {err}") from err
-    check_added_tokens(folder, tokenizer)
-    return tokenizer
-
-
-def check_added_tokens(folder: Path, tokenizer: PreTrainedTokenizerBase) -> None:
-    """The ids a checkpoint declares for its added tokens must be the ids the tokenizer gives them:
-    a library that renumbers them would silently feed the model the wrong tags."""
-    settings = folder / "tokenizer_config.json"
-    try:
-        declared = json.loads(settings.read_text()).get("added_tokens_decoder", {}) if settings.exists() else {}
-    except ValueError as err:
-        raise CheckpointError(f"{settings} is not valid JSON: {err}") from err
-    for token_id, entry in declared.items():
-        actual = tokenizer.convert_tokens_to_ids(entry["content"])
-        if actual != int(token_id):
-            raise CheckpointError(
-                f"the tokenizer of {folder} maps {entry['content']!r} to id {actual}, but tokenizer_config.json "
-                f"declares id {token_id}"
-            )
-
-
 def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / INDEX).exists():
         try:
@@ -103,15 +69,6 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_config(folder: Path) -> DreamConfig:
-    if not (folder / "config.json").exists():
-        raise CheckpointError(f"{folder} is not a checkpoint folder: config.json is missing")
-    try:
-        return DreamConfig.from_file(folder / "config.json")
-    except (ValueError, TypeError) as err:  # bad JSON, unknown field values
-        raise CheckpointError(f"{folder / 'config.json'} is not a usable Dream config: {err}") from err
-
-
 def load_checkpoint(
     folder: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> Checkpoint:
@@ -129,10 +86,13 @@ def load_checkpoint(
             f"weights of {folder} do not match the config: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
-    try:
-        network.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
-    except RuntimeError as err:  # a weight's shape disagrees with config.json
-        raise CheckpointError(f"weights of {folder} do not match its config.json: {err}") from err
+    shapes = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    wrong = [f"{k} is {tuple(state[k].shape)}, config.json implies {shapes[k]}"
+             for k in sorted(shapes) if tuple(state[k].shape) != shapes[k]]
+    if wrong:
+        more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise CheckpointError(f"weights of {folder} do not match its config.json: {'; '.join(wrong[:3])}{more}")
+    network.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
     network.rotary = type(network.rotary)(config.head_dim, config.rope_theta)  # its buffer was on meta
     network.to(device=device).eval()
     tokenizer = load_tokenizer(folder)

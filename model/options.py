@@ -1,106 +1,128 @@
-"""Per-request generation options, validated on construction."""
+"""Per-request generation options: the one declaration of every generation knob.
+
+The HTTP body, the CLI flags, the YAML presets and the environment are all read from these fields
+(orchestrator/settings.py, orchestrator/server/, orchestrator/cli.py), and a bad value raises
+`InvalidRequestError` naming the field, wherever it came from, before any work starts. Torch-free:
+the control plane validates requests without loading the model's stack.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from functools import cached_property
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import InvalidRequestError
-from .unmasking import Order, Sampling
 
 Mode = Literal["planned", "autoregressive", "diffusion"]
+Order = Literal["entropy", "confidence", "margin", "threshold", "adaptive"]
 KVRefresh = Literal["exact", "reference"]
+OverflowPolicy = Literal["accept", "retry", "replan"]
+
+# Python callers and JSON bodies are validated strictly ("no" is not a bool, "2" not a number);
+# settings read from text (environment, CLI) relax this in their own model.
+STRICT = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False, validate_default=False)
 
 
-@dataclass(frozen=True)
-class GenerationOptions:
-    """What one request asks for.
+def invalid(err: ValidationError, prefix: str = "") -> InvalidRequestError:
+    """One typed error for a pydantic validation failure: every problem, each naming its field."""
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = ".".join(str(part) for part in e["loc"])
+        message = e["msg"].removeprefix("Value error, ")
+        problems.append(f"{prefix}{loc}: {message}" if loc else message)
+    first = err.errors()[0]["loc"] if err.errors() else ()
+    return InvalidRequestError("; ".join(problems), field=prefix + ".".join(str(p) for p in first) or None)
 
-    mode:            "planned" (plan → spans in parallel → sync → …), or the paper's baselines:
-                     "autoregressive" (plain left-to-right text, tags banned) and "diffusion"
-                     (Dream-style: the whole answer as one masked region, prompt included).
-    max_new_tokens:  bound on tokens after the prompt, tags and pads included.
-    steps_ratio:     denoising steps per round = int(longest span × steps_ratio), at least 1.
-    order:           which masked slot a span commits first: "entropy" (reference default),
-                     "confidence", "margin", "threshold" (the reference's: at most the schedule's
-                     count per step, each but the best needing confidence ≥ τ), or "adaptive"
-                     (ours: the schedule's count, plus every other slot with confidence ≥ τ, so
-                     easy spans finish in fewer steps; steps_ratio stays the worst case).
-    dense:           spans of a round form one bidirectional region; None = the checkpoint's
-                     `disable_block_sparsity`.
-    length_scale:    slots per promised unit; None = the tag profile's unit (×10).
-    max_span_length: a promised span longer than this is clamped to it (and flagged).
-    kv_refresh:      "exact": a finished span's keys are recomputed with its final tokens
-                     (the uncached reference's semantics); "reference": keep the stale keys as
-                     the official cached code does (reference §4).
-    kv_cache:        False recomputes the whole sequence every forward (slow; for verification).
-    on_malformed_plan: "autoregressive" keeps the bad plan as text and finishes the answer
-                     left to right with tags banned; "raise" raises MalformedPlanError.
-    constrained:     mask logits so that the planner can only write a plan that parses
-                     (plan_constraint.py) and a span slot never holds a tag ([PAD] aside); off, a
-                     malformed plan goes to `on_malformed_plan` and spans may hold tags, as in the
-                     reference.
-    max_plan_tokens: planner tokens per round; a longer round ends the answer (finish "length").
-    max_spans:       spans per round (constrained planning stops promising more).
-    max_rounds:      planning rounds per request (constrained planning bans <sync/> in the last).
-    on_overflow:     a span whose content fills every slot (no [PAD] at its end) probably did not
-                     fit: "accept" it (the reference's behaviour), or "retry" it with
-                     `overflow_growth` × the slots, up to `max_overflow_retries` times and
-                     `max_span_length`, keeping the round's other spans.
-    seed:            seeds this request's sampler (temperature > 0).
+
+class Validated(BaseModel):
+    """A pydantic model whose construction raises `InvalidRequestError` instead of ValidationError."""
+
+    model_config = STRICT
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise invalid(err) from None
+
+    @classmethod
+    def parse(cls, data: Any, strict: bool | None = None):
+        """Validate a mapping (a JSON body, a YAML preset) into the model, or raise InvalidRequestError."""
+        if not isinstance(data, dict):
+            raise InvalidRequestError(f"expected a JSON object, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data, strict=strict)
+        except ValidationError as err:
+            raise invalid(err) from None
+
+
+class Sampling(Validated):
+    """How a token is drawn from logits. Defaults are the reference profile at greedy decoding.
+
+    Every official script runs with top_k 50 (reference Errata 1): it does not change an argmax, but
+    it changes the probabilities behind the unmasking order. `top_k=None` turns it off.
     """
 
-    mode: Mode = "planned"
-    max_new_tokens: int = 512
-    steps_ratio: float = 1.0
-    order: Order = "entropy"
-    threshold: float | None = None
-    sampling: Sampling = field(default_factory=Sampling)
-    dense: bool | None = None
-    length_scale: float | None = None
-    max_span_length: int = 256
-    kv_refresh: KVRefresh = "exact"
-    kv_cache: bool = True
-    on_malformed_plan: Literal["autoregressive", "raise"] = "autoregressive"
-    constrained: bool = True
-    max_plan_tokens: int = 256
-    max_spans: int = 16
-    max_rounds: int = 8
-    on_overflow: Literal["accept", "retry"] = "accept"
-    max_overflow_retries: int = 1
-    overflow_growth: float = 2.0
-    seed: int | None = None
+    temperature: float = Field(0.0, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(50, ge=1)
 
-    def __post_init__(self) -> None:
-        def bad(message: str) -> None:
-            raise InvalidRequestError(message)
 
-        if self.mode not in ("planned", "autoregressive", "diffusion"):
-            bad(f"mode must be planned, autoregressive or diffusion, got {self.mode!r}")
-        if self.max_new_tokens < 1:
-            bad(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0 < self.steps_ratio <= 1:
-            bad(f"steps_ratio must be in (0, 1], got {self.steps_ratio}")
-        if self.order not in ("entropy", "confidence", "margin", "threshold", "adaptive"):
-            bad(f"order must be entropy, confidence, margin, threshold or adaptive, got {self.order!r}")
-        if self.order in ("threshold", "adaptive") and self.threshold is None:
-            bad(f"order {self.order!r} needs a threshold τ in (0, 1]")
-        if self.threshold is not None and not 0 < self.threshold <= 1:
-            bad(f"threshold must be in (0, 1], got {self.threshold}")
-        if self.length_scale is not None and self.length_scale <= 0:
-            bad(f"length_scale must be > 0, got {self.length_scale}")
-        if self.max_span_length < 1:
-            bad(f"max_span_length must be >= 1, got {self.max_span_length}")
-        if self.kv_refresh not in ("exact", "reference"):
-            bad(f"kv_refresh must be exact or reference, got {self.kv_refresh!r}")
-        for name in ("max_plan_tokens", "max_spans", "max_rounds"):
-            if getattr(self, name) < 1:
-                bad(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.on_overflow not in ("accept", "retry"):
-            bad(f"on_overflow must be accept or retry, got {self.on_overflow!r}")
-        if self.max_overflow_retries < 0:
-            bad(f"max_overflow_retries must be >= 0, got {self.max_overflow_retries}")
-        if self.overflow_growth <= 1:
-            bad(f"overflow_growth must be > 1, got {self.overflow_growth}")
-        if self.on_malformed_plan not in ("autoregressive", "raise"):
-            bad(f"on_malformed_plan must be autoregressive or raise, got {self.on_malformed_plan!r}")
+class GenerationOptions(Validated):
+    """What one request asks for. Sampling knobs (temperature, top_p, top_k) are flat fields, as in
+    the OpenAI body; `options.sampling` groups them for the unmasking rules."""
+
+    mode: Mode = Field("planned", description=(
+        "planned (plan → spans in parallel → sync → …), or the paper's baselines: autoregressive (plain "
+        "left-to-right text, tags banned) and diffusion (Dream-style: the answer as one masked region)"))
+    max_new_tokens: int = Field(512, ge=1, description="bound on tokens after the prompt, tags and pads included")
+    steps_ratio: float = Field(1.0, gt=0, le=1, description=(
+        "denoising steps per round = int(longest span × steps_ratio), at least 1"))
+    order: Order = Field("entropy", description=(
+        "which masked slot a span commits first: entropy (reference default), confidence, margin, "
+        "threshold (the reference's: at most the schedule's count per step, each but the best needing "
+        "confidence ≥ τ), adaptive (ours: the schedule's count plus every slot with confidence ≥ τ)"))
+    threshold: float | None = Field(None, gt=0, le=1, validate_default=True, description="confidence threshold τ (orders threshold, adaptive)")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus filtering; none = off")
+    top_k: int | None = Field(50, ge=1, description="top-k filtering (50, as the reference); none = off")
+    dense: bool | None = Field(None, description=(
+        "spans of a round form one bidirectional region; none = the checkpoint's disable_block_sparsity"))
+    length_scale: float | None = Field(None, gt=0, le=1000, description=(
+        "slots per promised unit; none = the tag profile's unit (×10)"))
+    max_span_length: int = Field(256, ge=1, description="a longer promise is clamped to it (and flagged)")
+    kv_refresh: KVRefresh = Field("exact", description=(
+        "exact: a finished span's keys are recomputed with its final tokens; reference: keep the stale "
+        "keys as the official cached code does"))
+    kv_cache: bool = Field(True, description="false recomputes the whole sequence every forward (verification)")
+    on_malformed_plan: Literal["autoregressive", "raise"] = Field("autoregressive", description=(
+        "unconstrained planning only: finish a malformed plan left to right, or raise MalformedPlanError"))
+    constrained: bool = Field(True, description=(
+        "mask logits so that the planner can only write a plan that parses and a slot never holds a tag"))
+    max_plan_tokens: int = Field(256, ge=1, description="planner tokens per round; a longer round ends the answer")
+    max_spans: int = Field(16, ge=1, description="spans per round")
+    max_rounds: int = Field(8, ge=1, description="planning rounds per request")
+    on_overflow: OverflowPolicy = Field("accept", description=(
+        "a span whose content fills every slot probably did not fit: accept it (the reference), retry it "
+        "with overflow_growth × the slots, or replan: retry, then plan the round again promising more"))
+    max_overflow_retries: int = Field(1, ge=0, le=8, description="retries (and re-plans) per span")
+    overflow_growth: float = Field(2.0, gt=1, le=16, description="slot growth factor of a retry or re-plan")
+    seed: int | None = Field(None, ge=0, description="seeds this request's sampler (temperature > 0)")
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_for_order(cls, threshold: float | None, info: ValidationInfo) -> float | None:
+        order = info.data.get("order")
+        if order in ("threshold", "adaptive") and threshold is None:
+            raise ValueError(f"order {order!r} needs a threshold τ in (0, 1]")
+        return threshold
+
+    @cached_property
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+
+    def replace(self, **changes: Any) -> GenerationOptions:
+        """A copy with `changes`, validated."""
+        return GenerationOptions(**{**self.model_dump(), **changes})

@@ -23,7 +23,8 @@ class ModelRuntime:
         self.network = checkpoint.network
         self.tokenizer = checkpoint.tokenizer
         self.tags = checkpoint.tags
-        self.codec = TextCodec(checkpoint.tokenizer, checkpoint.profile, checkpoint.tags)
+        self.codec = TextCodec(checkpoint.tokenizer, checkpoint.profile, checkpoint.tags,
+                               checkpoint.config.vocab_size, checkpoint.config.max_position_embeddings)
 
     @classmethod
     def load(cls, folder: str | Path, dtype: str | None = None, device: str = "cpu") -> ModelRuntime:
@@ -49,6 +50,7 @@ class ModelRuntime:
         return RequestState(
             prompt_ids, options or GenerationOptions(), self.tags,
             max_positions=self.checkpoint.config.max_position_embeddings,
+            vocab_size=self.checkpoint.config.vocab_size,
             dense_default=self.checkpoint.config.disable_block_sparsity,
             plan=plan, logits_processor=logits_processor,
         )

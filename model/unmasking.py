@@ -8,33 +8,12 @@ span-length vector that includes the span's tags (scored -inf).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-Order = Literal["entropy", "confidence", "margin", "threshold", "adaptive"]
+from .options import Order, Sampling
+
 EPS = 1e-3  # the schedule's final timestep
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How a token is drawn from logits. Defaults are the reference profile at greedy decoding.
-
-    Every official script runs with top_k 50 (reference Errata 1): it does not change an argmax, but
-    it changes the probabilities behind the unmasking order. `top_k=None` turns it off.
-    """
-
-    temperature: float = 0.0
-    top_p: float | None = None
-    top_k: int | None = 50
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
 
 
 def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:

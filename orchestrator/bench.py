@@ -12,13 +12,12 @@ import asyncio
 import json
 import statistics
 import time
-from typing import Callable
-
 import torch
 
 from plandiff.model import ModelRuntime
 from plandiff.model.codec import TextCodec
 
+from .executors import build_executor
 from .orchestrator import GenerateRequest, Orchestrator
 from .settings import GenerateSettings
 
@@ -28,7 +27,7 @@ WARMUP = 2
 THREADS = 1
 
 
-def run_overhead(settings: GenerateSettings, requests: int, executors: list[str], make_executor: Callable) -> int:
+def run_overhead(settings: GenerateSettings, requests: int, executors: list[str]) -> int:
     torch.set_num_threads(THREADS)  # the same compute as a worker actor of one CPU
     prompts = [f"Question number {i}: what is planned diffusion?" for i in range(requests + WARMUP)]
     options = settings.options()
@@ -38,7 +37,7 @@ def run_overhead(settings: GenerateSettings, requests: int, executors: list[str]
     print(f"{'path':32s} {'median ms':>10s} {'direct ms':>10s} {'overhead':>9s}")
     report = {}
     for kind in executors:
-        executor = make_executor(settings, kind)
+        executor = build_executor(settings, kind)
         try:
             orchestrator = Orchestrator(executor, TextCodec.load(settings.model))
             direct, routed = asyncio.run(_alternating(runtime, orchestrator, executor, prompts, settings, options))

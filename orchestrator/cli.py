@@ -10,16 +10,17 @@ from pathlib import Path
 
 import plandiff.configs
 import plandiff.model
-from plandiff.model import InvalidRequestError, PlandiffError
 from plandiff.model.codec import TextCodec
-from plandiff.model.random_checkpoint import build_random_checkpoint
+from plandiff.model.errors import InvalidRequestError, PlandiffError
+from plandiff.model.options import GenerationOptions
 from plandiff.workers.logs import configure_logging
 
 from .events import DoneEvent
-from .executors import Executor, LocalExecutor, RayExecutor
+from .executors import build_executor
+from .flags import add_flags, given
 from .live import LiveView
 from .orchestrator import GenerateRequest, Orchestrator
-from .settings import GenerateSettings, load_settings
+from .settings import GenerateSettings, RunSettings, load_settings
 
 # With no --model, the shipped demo model answers, decoded with its preset (configs/demo.yaml).
 DEMO_MODEL = Path(plandiff.model.__file__).parent / "demo" / "pd"
@@ -27,39 +28,20 @@ DEMO_PRESET = Path(plandiff.configs.__file__).parent / "demo.yaml"
 
 
 def add_model_arguments(p) -> None:
-    p.add_argument("--model", help="checkpoint folder (config.json, safetensors, tokenizer)")
     p.add_argument("--config", help="YAML preset of settings (see configs/)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device")
-    p.add_argument("--executor", choices=["local", "ray"],
-                   help="local: the worker in this process (default: starting Ray costs seconds); ray: worker actors")
-    p.add_argument("--workers", type=int, help="worker actors (executor ray)")
-    p.add_argument("--address", help="an existing Ray cluster (executor ray); default: a local one")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_flags(p, RunSettings, skip={"system"})
 
 
 def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="planned-diffusion generation for one prompt")
     p.add_argument("prompt", help="the user message (wrapped in the checkpoint's chat template)")
     add_model_arguments(p)
+    p.add_argument("--system", help="the system message (default: the checkpoints' own)")
     p.add_argument("--plan", help="force the plan, e.g. '<promise>-<topic>intro 3</topic><|im_end|>'")
     p.add_argument("--json", action="store_true", help="print the structured result as JSON")
     p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
                    help="draw the plan and the spans filling as they happen (default: on a terminal)")
-    p.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"])
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--steps-ratio", type=float)
-    p.add_argument("--order", choices=["entropy", "confidence", "margin", "threshold", "adaptive"])
-    p.add_argument("--threshold", type=float, help="confidence threshold τ (with --order threshold or adaptive)")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int, help="0 turns top-k filtering off (default 50, as the reference)")
-    p.add_argument("--dense", action=argparse.BooleanOptionalAction, default=None,
-                   help="spans of a round attend to each other (default: the checkpoint's setting)")
-    p.add_argument("--length-scale", type=float)
-    p.add_argument("--kv-refresh", choices=["exact", "reference"])
-    p.add_argument("--on-overflow", choices=["accept", "retry"])
-    p.add_argument("--seed", type=int)
+    add_flags(p, GenerationOptions)
 
 
 def add_random_checkpoint(sub) -> None:
@@ -236,33 +218,22 @@ def torch_device_name(device: str) -> str:
     return torch.cuda.get_device_name(torch.device(device))
 
 
-def settings_from(args) -> tuple[GenerateSettings, str | None]:
-    cli = {k: getattr(args, k) for k in GenerateSettings.model_fields if hasattr(args, k)}
-    no_top_k = cli.get("top_k") == 0  # "off", which the settings spell None
-    if no_top_k:
-        del cli["top_k"]
-    settings = load_settings(args.config, cli)
-    if settings.model is None:  # the shipped demo model, decoded with its preset unless --config names one
-        settings = load_settings(args.config or DEMO_PRESET, {**cli, "model": str(DEMO_MODEL)})
-    if no_top_k:
-        settings = settings.model_copy(update={"top_k": None})
-    return settings, getattr(args, "plan", None)
-
-
-def make_executor(settings: GenerateSettings, kind: str | None = None) -> Executor:
-    kind = kind or settings.executor
-    if kind == "ray":
-        return RayExecutor(settings.model, workers=settings.workers, dtype=settings.dtype, device=settings.device,
-                           address=settings.address)
-    return LocalExecutor(settings.model, dtype=settings.dtype, device=settings.device)
+def settings_from(args, cls: type[RunSettings] = GenerateSettings) -> RunSettings:
+    """The settings of a command: its flags over the environment over its preset; with no model,
+    the shipped demo model, decoded with its preset unless --config names one."""
+    cli = given(args, cls)
+    settings = load_settings(cls, args.config, cli)
+    if settings.model is None:
+        settings = load_settings(cls, args.config or DEMO_PRESET, {**cli, "model": str(DEMO_MODEL)})
+    return settings
 
 
 def run_generate(args) -> int:
-    settings, plan = settings_from(args)
+    settings = settings_from(args)
     configure_logging(settings.log_level)
-    request = GenerateRequest(prompt=args.prompt, system=settings.system, plan=plan, options=settings.options())
+    request = GenerateRequest(prompt=args.prompt, system=settings.system, plan=args.plan, options=settings.options())
     live = not args.json and (args.live if args.live is not None else sys.stdout.isatty())
-    executor = make_executor(settings)
+    executor = build_executor(settings)
     try:
         codec = TextCodec.load(settings.model)
         orchestrator = Orchestrator(executor, codec)
@@ -329,9 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from .bench import run_overhead
 
-            settings, _ = settings_from(args)
+            settings = settings_from(args)
             configure_logging(settings.log_level)
-            return run_overhead(settings, args.requests, args.executors.split(","), make_executor)
+            return run_overhead(settings, args.requests, args.executors.split(","))
+        from plandiff.model.random_checkpoint import build_random_checkpoint
+
         folder = build_random_checkpoint(
             args.folder, args.layout, seed=args.seed, max_shard_size=args.max_shard_size,
             hidden_size=args.hidden_size, num_hidden_layers=args.layers, num_attention_heads=args.heads,

@@ -16,9 +16,16 @@ import os
 from abc import ABC, abstractmethod
 from typing import AsyncIterator
 
-from plandiff.model import GenerationOptions, GenerationResult
+from typing import TYPE_CHECKING
+
 from plandiff.model.events import RequestEvent
-from plandiff.workers import Worker
+from plandiff.model.options import GenerationOptions
+
+if TYPE_CHECKING:
+    from plandiff.model.result import GenerationResult
+    from plandiff.workers.worker import Worker
+
+    from .settings import RunSettings
 
 
 class WorkerLost(Exception):
@@ -106,6 +113,8 @@ class LocalExecutor(Executor):
     name = "local"
 
     def __init__(self, model: str, dtype: str | None = None, device: str = "cpu"):
+        from plandiff.workers.worker import Worker
+
         self.workers = [LocalWorkerHandle(Worker(model, dtype=dtype, device=device, name="local-0"))]
 
 
@@ -140,3 +149,12 @@ class RayExecutor(Executor):
             ray.kill(w.actor, no_restart=True)
         if self.started_ray:
             ray.shutdown()
+
+
+def build_executor(settings: RunSettings, kind: str | None = None) -> Executor:
+    """The one place an executor is made from settings (`kind` overrides settings.executor)."""
+    kind = kind or settings.executor
+    if kind == "ray":
+        return RayExecutor(settings.model, workers=settings.workers, dtype=settings.dtype, device=settings.device,
+                           address=settings.address)
+    return LocalExecutor(settings.model, dtype=settings.dtype, device=settings.device)

@@ -19,10 +19,14 @@ import time
 import uuid
 from typing import AsyncIterator
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Literal
 
-from plandiff.model import GenerationOptions, GenerationResult, InvalidRequestError
-from plandiff.model.codec import DEFAULT_SYSTEM, TextCodec
+from pydantic import Field, model_validator
+
+from plandiff.model.codec import DEFAULT_SYSTEM, TextCodec, check_text
+from plandiff.model.errors import InvalidRequestError
+from plandiff.model.options import GenerationOptions, Validated
+from plandiff.model.result import GenerationResult
 from plandiff.workers.logs import get_logger
 
 from .events import DoneEvent, Event, Usage
@@ -32,13 +36,18 @@ from .task_graph import TaskGraph
 MAX_FAILOVERS = 5  # with backoff 0.2, 0.4, … 3.2 s: room for a restarting actor to load its model
 
 
-class GenerateRequest(BaseModel):
-    """One request: user text (chat-wrapped) or prompt token ids, optional forced plan, options."""
+class ChatMessage(Validated):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=1_000_000)
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:16])
+class GenerateRequest(Validated):
+    """One request: user text (chat-wrapped with `system`), a conversation, or prompt token ids; an
+    optional forced plan; the options. Invalid input raises InvalidRequestError naming the field."""
+
+    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:16], min_length=1, max_length=128)
     prompt: str | None = None
+    messages: list[ChatMessage] | None = None
     prompt_ids: list[int] | None = None
     system: str | None = DEFAULT_SYSTEM
     plan: str | None = None  # forced plan text
@@ -46,9 +55,28 @@ class GenerateRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerateRequest:
-        if (self.prompt is None) == (self.prompt_ids is None):
-            raise ValueError("give exactly one of prompt (text) and prompt_ids")
+        given = [name for name in ("prompt", "messages", "prompt_ids") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of prompt, messages and prompt_ids (got {', '.join(given) or 'none'})")
+        for name in ("prompt", "system", "plan"):
+            text = getattr(self, name)
+            if text is not None:
+                check_text(text, name)
+        if self.prompt == "" or self.messages == [] or self.prompt_ids == []:
+            raise ValueError(f"{given[0]} is empty")
+        if self.messages is not None and self.messages[-1].role != "user":
+            raise ValueError("the last message must be the user's")
+        if self.plan is not None and not self.plan.strip():
+            raise ValueError("plan is empty: leave it out to let the model plan")
         return self
+
+    def encode(self, codec: TextCodec) -> list[int]:
+        """The prompt's token ids."""
+        if self.prompt_ids is not None:
+            return list(self.prompt_ids)
+        if self.messages is not None:
+            return codec.encode_chat([(m.role, m.content) for m in self.messages])
+        return codec.encode_prompt(self.prompt, self.system)
 
 
 class Orchestrator:
@@ -64,8 +92,7 @@ class Orchestrator:
         round's join and at the end) instead of every few milliseconds: fewer messages, same events."""
         rid = request.request_id
         codec, options = self.codec, request.options
-        prompt_ids = codec.encode_prompt(request.prompt, request.system) if request.prompt is not None \
-            else list(request.prompt_ids)
+        prompt_ids = request.encode(codec)
         plan = codec.encode_plan(request.plan) if request.plan else None
         graph = TaskGraph(rid, codec, options)
         log = self.log.bind(request_id=rid)

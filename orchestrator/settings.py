@@ -1,6 +1,7 @@
-"""Generation settings at the boundary: pydantic-validated, from YAML presets, environment and CLI.
+"""Settings at the boundary: pydantic-validated, from YAML presets, environment and CLI.
 
-Precedence: CLI flags > environment (PLANDIFF_…) > YAML preset (--config) > defaults.
+The generation knobs are `GenerationOptions`' fields (model/options.py), inherited here, never
+declared again. Precedence: CLI flags > environment (PLANDIFF_…) > YAML preset (--config) > defaults.
 """
 
 from __future__ import annotations
@@ -12,79 +13,60 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from plandiff.model import GenerationOptions, InvalidRequestError, Sampling
+from plandiff.model.codec import DEFAULT_SYSTEM
+from plandiff.model.errors import InvalidRequestError
+from plandiff.model.options import GenerationOptions, invalid
+
+SETTINGS = SettingsConfigDict(env_prefix="PLANDIFF_", extra="forbid", strict=False, frozen=False)
 
 
-class GenerateSettings(BaseSettings):
-    """Everything `plandiff generate` can be told; field names are the YAML keys."""
+class RunSettings(BaseSettings):
+    """Where and how the model runs: shared by generate, serve, batch and the benches."""
 
-    model_config = SettingsConfigDict(env_prefix="PLANDIFF_", extra="forbid")
+    model_config = SETTINGS
 
     model: str | None = Field(None, description="checkpoint folder; none = the shipped demo model")
-    executor: Literal["local", "ray"] = "local"
-    workers: int = Field(1, ge=1)
-    address: str | None = None
+    executor: Literal["local", "ray"] = Field("local", description=(
+        "local: the worker in this process (starting Ray costs seconds); ray: worker actors"))
+    workers: int = Field(1, ge=1, description="worker actors (executor ray)")
+    address: str | None = Field(None, description="an existing Ray cluster (executor ray); none = a local one")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     device: str = "cpu"
-    system: str | None = "You are a helpful assistant."
-    mode: Literal["planned", "autoregressive", "diffusion"] = "planned"
-    max_new_tokens: int = Field(512, ge=1)
-    steps_ratio: float = Field(1.0, gt=0, le=1)
-    order: Literal["entropy", "confidence", "margin", "threshold", "adaptive"] = "entropy"
-    threshold: float | None = Field(None, gt=0, le=1)
-    temperature: float = Field(0.0, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(50, ge=1)
-    dense: bool | None = None
-    length_scale: float | None = Field(None, gt=0)
-    max_span_length: int = Field(256, ge=1)
-    kv_refresh: Literal["exact", "reference"] = "exact"
-    on_malformed_plan: Literal["autoregressive", "raise"] = "autoregressive"
-    on_overflow: Literal["accept", "retry"] = "accept"
-    max_overflow_retries: int = Field(1, ge=0)
-    constrained: bool = True
-    max_plan_tokens: int = Field(256, ge=1)
-    max_spans: int = Field(16, ge=1)
-    max_rounds: int = Field(8, ge=1)
-    seed: int | None = None
+    system: str | None = Field(DEFAULT_SYSTEM, description="the system message of chat prompts")
+
+
+class GenerateSettings(RunSettings, GenerationOptions):
+    """Everything `plandiff generate` can be told; field names are the YAML keys."""
+
+    model_config = SETTINGS
 
     def options(self) -> GenerationOptions:
-        return GenerationOptions(
-            mode=self.mode, max_new_tokens=self.max_new_tokens, steps_ratio=self.steps_ratio, order=self.order,
-            threshold=self.threshold,
-            sampling=Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k),
-            dense=self.dense, length_scale=self.length_scale, max_span_length=self.max_span_length,
-            kv_refresh=self.kv_refresh, on_malformed_plan=self.on_malformed_plan, on_overflow=self.on_overflow,
-            max_overflow_retries=self.max_overflow_retries, constrained=self.constrained,
-            max_plan_tokens=self.max_plan_tokens, max_spans=self.max_spans, max_rounds=self.max_rounds,
-            seed=self.seed,
-        )
+        return GenerationOptions(**self.model_dump(include=set(GenerationOptions.model_fields)))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
-        raise InvalidRequestError(f"config file {path} does not exist")
+        raise InvalidRequestError(f"config file {path} does not exist", field="config")
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
-        raise InvalidRequestError(f"{path} must hold a mapping of settings, not {type(values).__name__}")
+        raise InvalidRequestError(f"{path} must hold a mapping of settings, not {type(values).__name__}",
+                                  field="config")
     return values
 
 
-def problems(err: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-
-
-def load_settings(preset: str | Path | None, cli: dict[str, Any]) -> GenerateSettings:
-    """Merge a YAML preset, the environment and CLI values (None = not given on the CLI)."""
+def load_settings(cls: type[BaseSettings], preset: str | Path | None, cli: dict[str, Any]):
+    """Merge a YAML preset, the environment and CLI values into `cls`."""
     values = read_yaml(preset) if preset is not None else {}
     try:
-        values.update(GenerateSettings().model_dump(exclude_unset=True))  # what the environment sets
-        values.update({k: v for k, v in cli.items() if v is not None})
-        return GenerateSettings.model_validate(values)
+        values.update(cls().model_dump(exclude_unset=True))  # what the environment sets
+        values.update(cli)
+        return cls.model_validate(values)
     except ValidationError as err:
-        raise InvalidRequestError(f"invalid settings: {problems(err)}") from err
+        raise invalid(err, prefix="") from None
+    except InvalidRequestError as err:
+        raise InvalidRequestError(f"invalid settings: {err}", field=err.field) from None
 
 
 class TrainSettings(BaseModel):
@@ -115,4 +97,4 @@ def load_train_settings(path: str | Path, overrides: dict[str, Any]) -> TrainSet
     try:
         return TrainSettings.model_validate(values)
     except ValidationError as err:
-        raise InvalidRequestError(f"invalid training settings in {path}: {problems(err)}") from err
+        raise invalid(err, prefix="") from None

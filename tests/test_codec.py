@@ -8,7 +8,7 @@ from plandiff.model.codec import TextCodec
 
 def test_plain_prompts_tokenize_as_the_whole_chat_string(compact):
     codec = compact.codec
-    for text in ["What is 2+2?", "Line one\nline two  with  spaces", "naïve café 123 — ok", ""]:
+    for text in ["What is 2+2?", "Line one\nline two  with  spaces", "naïve café 123 — ok"]:
         messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": text}]
         whole = compact.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         assert codec.encode_prompt(text) == compact.tokenizer.encode(whole, add_special_tokens=False)
@@ -40,3 +40,18 @@ def test_codec_loads_without_the_network(compact_folder, compact):
     assert codec.encode_prompt("hello") == compact.encode_prompt("hello")
     result = compact.generate("hello", GenerationOptions(), plan="<promise>-<topic>a 1</topic><|im_end|>")
     assert codec.text(result.token_ids) == result.text
+
+
+@pytest.mark.parametrize("text", ["", "bad \udcff byte", "lone \ud800 surrogate"])
+def test_empty_or_broken_prompts_are_refused_naming_the_field(compact, text):
+    with pytest.raises(InvalidRequestError) as err:
+        compact.generate(text)
+    assert err.value.field == "prompt"
+
+
+def test_prompt_ids_outside_the_vocabulary_are_refused(compact):
+    vocab = compact.checkpoint.config.vocab_size
+    for ids in ([1, vocab], [-1, 2], [1, 2.5]):
+        with pytest.raises(InvalidRequestError) as err:
+            compact.generate(ids)
+        assert err.value.field == "prompt_ids"

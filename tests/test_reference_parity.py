@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from plandiff.model import GenerationOptions, Sampling
+from plandiff.model import GenerationOptions
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "reference_greedy.json").read_text())
 CASES = FIXTURE["cases"]
@@ -44,7 +44,7 @@ def options(case, **overrides):
     values = dict(
         max_new_tokens=case["max_length"] - len(case["prompt_ids"]),
         steps_ratio=case["steps_ratio"], order=ORDERS[case["alg"]], threshold=case["threshold"],
-        sampling=Sampling(top_k=50 if case["top_k"] == "default" else case["top_k"]),
+        top_k=50 if case["top_k"] == "default" else case["top_k"],
         dense=case["dense"], length_scale=case["length_scale"],
         kv_refresh="reference" if case["use_cache"] else "exact",
     )

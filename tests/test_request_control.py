@@ -3,12 +3,11 @@
 import pytest
 import torch
 
-from plandiff.model import GenerationOptions, InvalidPlanError, InvalidRequestError, Sampling
+from plandiff.model import GenerationOptions, InvalidPlanError, InvalidRequestError
 from plandiff.model.events import DenoiseStep, Finished, PlanToken, RoundJoined, RoundPlanned, SpanFilled, SpanRetried
 from plandiff.model.generation import Phase
 from plandiff.model.plan_parser import Malformed, PlanParser
 
-NO_TOP_K = Sampling(top_k=None)
 PLAN = ("<promise>-<topic>alpha 2</topic><promise>-<topic>beta 4</topic><sync/>"
         "<promise>-<topic>gamma 1</topic><|im_end|>")
 
@@ -36,7 +35,7 @@ def run_with_events(runtime, prompt, options, plan=None, processor=None):
 
 def test_constrained_planning_only_writes_plans_that_parse(compact):
     hostile = preferring(compact, ["</topic>", "<async>", "[PAD]", "<|mask|>", "</async>", "<promise>-<topic>"])
-    state, _ = run_with_events(compact, "x", GenerationOptions(max_new_tokens=200, sampling=NO_TOP_K),
+    state, _ = run_with_events(compact, "x", GenerationOptions(max_new_tokens=200, top_k=None),
                                processor=hostile)
     assert state.fallback is None
     parser = PlanParser(compact.tags)
@@ -45,14 +44,14 @@ def test_constrained_planning_only_writes_plans_that_parse(compact):
         for token in state.tokens[r.plan_start: r.plan_end if r.plan_end >= 0 else len(state.tokens)]:
             assert not isinstance(parser.feed(token), Malformed)
     unconstrained, _ = run_with_events(compact, "x", GenerationOptions(max_new_tokens=200, constrained=False,
-                                                                     sampling=NO_TOP_K),
+                                                                     top_k=None),
                                        processor=hostile)
     assert unconstrained.fallback is not None  # the same push breaks the plan without the constraint
 
 
 def test_span_rounds_and_length_bounds(compact):
     greedy_planner = preferring(compact, ["<promise>-<topic>", "9", "</topic>", "<sync/>"])
-    opts = GenerationOptions(max_new_tokens=1500, max_spans=2, max_rounds=2, max_span_length=30, sampling=NO_TOP_K)
+    opts = GenerationOptions(max_new_tokens=1500, max_spans=2, max_rounds=2, max_span_length=30, top_k=None)
     state, events = run_with_events(compact, "x", opts, processor=greedy_planner)
     planned = [e for e in events if isinstance(e, RoundPlanned)]
     assert 1 <= len(planned) <= 2 and all(len(e.spans) <= 2 for e in planned)

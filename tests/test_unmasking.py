@@ -13,6 +13,8 @@ import math
 import pytest
 import torch
 
+from plandiff.model import InvalidRequestError
+
 from plandiff.model.unmasking import (
     EPS, Sampling, ThresholdSchedule, commit_count, diffusion_steps, filter_logits, next_token, propose, timesteps,
 )
@@ -284,8 +286,9 @@ def test_threshold_at_ratio_one_is_commit_best():
     [dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(top_p=-0.2), dict(top_k=0), dict(top_k=-3)],
 )
 def test_sampling_rejects_bad_values(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidRequestError) as err:
         Sampling(**kwargs)
+    assert err.value.field == next(iter(kwargs))
 
 
 def test_sampling_defaults_and_valid_edges():

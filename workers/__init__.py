@@ -1,6 +1,12 @@
 """plandiff.workers: the worker that serves generation phases over a loaded model, in-process or
-as a Ray actor (actor.py, imported only where Ray is used)."""
-
-from .worker import Worker
+as a Ray actor (actor.py, imported only where Ray is used). `Worker` loads torch on first use."""
 
 __all__ = ["Worker"]
+
+
+def __getattr__(name: str):
+    if name == "Worker":
+        from .worker import Worker
+
+        return Worker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

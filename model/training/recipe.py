@@ -15,7 +15,8 @@ from transformers import PreTrainedTokenizerFast
 from ..codec import TextCodec
 from ..config import DreamConfig
 from ..errors import InvalidRequestError
-from ..loading import Checkpoint, load_checkpoint, load_tokenizer
+from ..checkpoint_folder import load_tokenizer
+from ..loading import Checkpoint, load_checkpoint
 from ..tags import TagProfile, TagVocabulary
 from .objective import Packed, Sequence, concat, pack
 from .synthetic import Example, ar_completion, completion, make_split
