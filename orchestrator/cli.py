@@ -36,7 +36,7 @@ def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="planned-diffusion generation for one prompt")
     p.add_argument("prompt", help="the user message (wrapped in the checkpoint's chat template)")
     add_model_arguments(p)
-    p.add_argument("--system", help="the system message (default: the checkpoints' own)")
+    p.add_argument("--system", default=argparse.SUPPRESS, help="the system message (default: the checkpoints' own)")
     p.add_argument("--plan", help="force the plan, e.g. '<promise>-<topic>intro 3</topic><|im_end|>'")
     p.add_argument("--json", action="store_true", help="print the structured result as JSON")
     p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
