@@ -129,7 +129,7 @@ class TextCodec:
                 ))
             plan_end = r.plan_end if r.plan_end >= 0 else len(state.tokens)
             plan_ids = state.tokens[r.plan_start:plan_end] if state.options.mode != "diffusion" else []
-            rounds.append(RoundResult(r.index, plan_ids, r.stop, spans, r.plan_forwards, r.denoise_steps))
+            rounds.append(RoundResult(r.index, plan_ids, r.stop, spans, r.plan_forwards, r.denoise_steps, r.replans))
         if state.options.mode == "diffusion":
             generated = _cut_at_end(generated, self.tags.end)
             text = self.text([t for t in generated if t != self.tags.pad])
@@ -138,11 +138,12 @@ class TextCodec:
         usage = Usage(
             prompt_tokens=state.prompt_length,
             generated_tokens=len(generated),
-            forward_passes=state.forwards,
+            critical_path=state.forwards,
             plan_tokens=sum(len(r.plan_ids) for r in rounds),
             span_tokens=sum(len(s.token_ids) for r in rounds for s in r.spans),
             steps_per_round=[r.denoise_steps for r in rounds],
             retries=state.retries,
+            replans=state.replans,
         )
         return GenerationResult(
             text=text, token_ids=generated, prompt_ids=state.tokens[: state.prompt_length], rounds=rounds,

@@ -17,7 +17,10 @@ class PlanToken:
 
 
 @dataclass(frozen=True)
-class SpanInfo:
+class SpanPromised:
+    """A promise closed in the plan: a span of `length` slots will be denoised (`clamped`: the
+    promise exceeded max_span_length)."""
+
     round: int
     index: int
     topic_ids: tuple[int, ...]
@@ -31,7 +34,7 @@ class RoundPlanned:
 
     round: int
     stop: Literal["sync", "end"]
-    spans: tuple[SpanInfo, ...]
+    spans: tuple[SpanPromised, ...]
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,19 @@ class RoundJoined:
 
 
 @dataclass(frozen=True)
+class RoundReplanned:
+    """Spans overflowed (on_overflow="replan"): the round's plan and spans are dropped and it is
+    planned again; `floors` maps a span index to the least number its new promise may write."""
+
+    round: int
+    floors: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
 class Finished:
     reason: Literal["end", "length"]
     fallback: str | None
 
 
-RequestEvent = Union[PlanToken, RoundPlanned, DenoiseStep, SpanFilled, SpanRetried, RoundJoined, Finished]
+RequestEvent = Union[PlanToken, SpanPromised, RoundPlanned, DenoiseStep, SpanFilled, SpanRetried, RoundReplanned,
+                     RoundJoined, Finished]

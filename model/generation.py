@@ -18,12 +18,13 @@ import torch
 
 from .errors import InvalidRequestError, MalformedPlanError, PromptTooLongError
 from .events import (
-    DenoiseStep, Finished, PlanToken, RequestEvent, RoundJoined, RoundPlanned, SpanFilled, SpanInfo, SpanRetried,
+    DenoiseStep, Finished, PlanToken, RequestEvent, RoundJoined, RoundPlanned, RoundReplanned, SpanFilled, SpanPromised,
+    SpanRetried,
 )
 from .layout import CAUSAL, Layout
 from .options import GenerationOptions
-from .plan_constraint import banned_plan_tokens, span_length, validate_plan
-from .plan_parser import Malformed, PlanParser, RoundEnd, SpanPromised
+from .plan_constraint import banned_plan_tokens, floor_number, length_floor_bans, span_length, validate_plan
+from .plan_parser import Malformed, PlanParser, RoundEnd, PromiseClosed
 from .tags import TagVocabulary
 from .unmasking import ThresholdSchedule, commit_count, diffusion_steps, filter_logits, next_token, propose, timesteps
 
@@ -54,8 +55,8 @@ class Span:
         """One past its </async>."""
         return self.start + self.length + 2
 
-    def info(self) -> SpanInfo:
-        return SpanInfo(self.round, self.index, self.topic_ids, self.length, self.clamped)
+    def info(self) -> SpanPromised:
+        return SpanPromised(self.round, self.index, self.topic_ids, self.length, self.clamped)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Round:
     spans: list[Span] = field(default_factory=list)
     plan_forwards: int = 0
     denoise_steps: int = 0
+    replans: int = 0  # times the round was planned again after spans overflowed
 
 
 @dataclass
@@ -127,6 +129,8 @@ class RequestState:
         self.fallback: str | None = None  # set when a malformed plan was finished autoregressively
         self.forwards = 0
         self.retries = 0  # overflowing spans given more slots
+        self.replans = 0  # rounds planned again because spans overflowed
+        self._floors: dict[int, int] = {}  # a replanned round: least promise number per span index
         self.events: list[RequestEvent] = []
         self.rounds: list[Round] = [Round(0, self.prompt_length)]
         self.parser = PlanParser(tags)
@@ -221,6 +225,8 @@ class RequestState:
             banned = banned_plan_tokens(self.parser, self.round.index, self.options)
         else:
             banned = []
+        if self._floors and not self._text_only():
+            banned = banned + length_floor_bans(self.parser, self._floors, self.options)
         if banned:
             logits = logits.clone()
             logits[banned] = torch.finfo(logits.dtype).min
@@ -242,7 +248,7 @@ class RequestState:
                 raise MalformedPlanError(event.reason, self.tokens[self.prompt_length:])
             self.fallback = event.reason
             self.round.spans.clear()
-        elif isinstance(event, SpanPromised):
+        elif isinstance(event, PromiseClosed):
             self._promise(event)
         elif isinstance(event, RoundEnd):
             self._end_plan(event)
@@ -252,11 +258,13 @@ class RequestState:
         ):
             self._finish("length")
 
-    def _promise(self, event: SpanPromised) -> None:
+    def _promise(self, event: PromiseClosed) -> None:
         length = span_length(event.number, self.tags, self.options)
         limit = self.options.max_span_length
-        self.round.spans.append(Span(self.round.index, event.index, event.topic_ids, event.number,
-                                     min(length, limit), start=-1, region=-1, clamped=length > limit))
+        span = Span(self.round.index, event.index, event.topic_ids, event.number, min(length, limit), start=-1,
+                    region=-1, clamped=length > limit)
+        self.round.spans.append(span)
+        self.events.append(span.info())
 
     def _end_plan(self, event: RoundEnd) -> None:
         self._stop = self._pop()  # the stop token is put back after the scaffold (sync) or dropped
@@ -290,6 +298,7 @@ class RequestState:
 
     def _end_round(self) -> None:
         """Join the round: resume planning after <sync/>, or finish."""
+        self._floors = {}
         if self.round.stop == "sync":
             self._append(self._stop, CAUSAL, self.round.index + 1)
             self.events.append(RoundJoined(self.round.index, "sync", tuple(self.tokens[self.prompt_length:])))
@@ -356,7 +365,7 @@ class RequestState:
                                        tuple(tuple(self.tokens[s.start + 1:s.end - 1]) for s in self._spans)))
         self._step += 1
         if not any(self._masked(s) for s in self._spans):
-            if not self._retry_overflows():
+            if not (self._retry_overflows() or self._replan_overflows()):
                 self._end_round()
 
     def _retry_overflows(self) -> bool:
@@ -384,6 +393,35 @@ class RequestState:
                 self.retries += 1
         self._place(self._spans, keep)
         self._begin_denoise()
+        return True
+
+    def _replan_overflows(self) -> bool:
+        """Plan the round again, each overflowing span's promise bound to a larger length
+        (on_overflow="replan"); the spans before the first constrained promise come out the same
+        under greedy planning, those after may change."""
+        opts = self.options
+        if opts.on_overflow != "replan" or self.forced is not None or self.round.replans >= opts.max_overflow_retries:
+            return False
+        floors = {}
+        for span in self._spans:
+            content = self.tokens[span.start + 1: span.end - 1]
+            if content and content[-1] != self.tags.pad:
+                target = min(int(span.length * opts.overflow_growth), opts.max_span_length)
+                number = floor_number(target, span.length, self.tags, opts)
+                if number is not None:
+                    floors[span.index] = number
+        if not floors:
+            return False
+        start = self.round.plan_start
+        self._truncate(start)
+        self.round.spans, self.round.plan_end, self.round.stop = [], -1, None
+        self.round.replans += 1
+        self.replans += 1
+        self._spans, self._floors = [], floors
+        self.parser.reset()
+        self._computed = min(self._computed, start - 1)  # the next forward re-reads the last prefix logits
+        self.phase = Phase.PLAN
+        self.events.append(RoundReplanned(self.round.index, tuple(sorted(floors.items()))))
         return True
 
     # ------------------------------------------------------------------ diffusion-only baseline

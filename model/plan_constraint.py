@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .errors import InvalidPlanError
 from .options import GenerationOptions
-from .plan_parser import Malformed, PlanParser, RoundEnd, SpanPromised
+from .plan_parser import Malformed, PlanParser, RoundEnd, PromiseClosed
 from .tags import TagVocabulary
 
 
@@ -40,6 +40,47 @@ def banned_plan_tokens(parser: PlanParser, round_index: int, options: Generation
     return banned
 
 
+def floor_number(target: int, current: int, tags: TagVocabulary, options: GenerationOptions) -> int | None:
+    """The least promise number that gives at least `target` slots within max_span_length (or the
+    largest one that still gives more than `current`); None if no number gives more than `current`."""
+    number = 1
+    while span_length(number, tags, options) < target:
+        number += 1
+    while number > 1 and span_length(number, tags, options) > options.max_span_length:
+        number -= 1
+    grows = current < span_length(number, tags, options) <= options.max_span_length
+    return number if grows else None
+
+
+def length_floor_bans(parser: PlanParser, floors: dict[int, int], options: GenerationOptions) -> list[int]:
+    """A replanned round: the promise being written must close on a number from its floor up to the
+    largest one max_span_length allows; a digit that cannot begin such a number is banned too."""
+    floor = floors.get(parser.promises) if parser.topic is not None else None
+    if floor is None:
+        return []
+    tags = parser.tags
+    top = floor
+    while span_length(top + 1, tags, options) <= options.max_span_length:
+        top += 1
+    trailing = parser.trailing_digits()
+    banned = [] if trailing and floor <= int(trailing) <= top else [tags.promise_close]
+    for digit, token in enumerate(tags.digits):
+        prefix = trailing + str(digit)
+        if prefix.startswith("0") or not _reachable(int(prefix), floor, top):
+            banned.append(token)
+    return banned
+
+
+def _reachable(prefix: int, low: int, high: int) -> bool:
+    """Whether some number in [low, high] is written starting with the digits of `prefix`."""
+    scale = 1
+    while prefix * scale <= high:
+        if (prefix + 1) * scale - 1 >= low:
+            return True
+        scale *= 10
+    return False
+
+
 def validate_plan(plan: list[list[int]], tags: TagVocabulary, options: GenerationOptions) -> None:
     """Check a caller-given plan: every round parses, only the last ends, bounds hold."""
     if options.mode != "planned":
@@ -58,7 +99,7 @@ def validate_plan(plan: list[list[int]], tags: TagVocabulary, options: Generatio
             event = parser.feed(token)
             if isinstance(event, Malformed):
                 raise InvalidPlanError(f"round {r}: {event.reason}")
-            if isinstance(event, SpanPromised):
+            if isinstance(event, PromiseClosed):
                 length = span_length(event.number, tags, options)
                 if length > options.max_span_length:
                     raise InvalidPlanError(

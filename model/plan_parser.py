@@ -23,7 +23,7 @@ from .tags import TagVocabulary
 
 
 @dataclass(frozen=True)
-class SpanPromised:
+class PromiseClosed:
     index: int  # 0-based within the round
     topic_ids: tuple[int, ...]
     number: int  # the promised length number, before the length unit or scale is applied
@@ -40,7 +40,7 @@ class Malformed:
     reason: str
 
 
-PlanEvent = Union[SpanPromised, RoundEnd, Malformed]
+PlanEvent = Union[PromiseClosed, RoundEnd, Malformed]
 
 
 class PlanParser:
@@ -89,7 +89,7 @@ class PlanParser:
             digits = self.trailing_digits()
             if not digits:
                 return self._fail("a promise has no length before </topic>")
-            event = SpanPromised(self.promises, tuple(self.topic[: len(self.topic) - len(digits)]), int(digits))
+            event = PromiseClosed(self.promises, tuple(self.topic[: len(self.topic) - len(digits)]), int(digits))
             self.promises += 1
             self.topic = None
             return event

@@ -29,17 +29,28 @@ class RoundResult:
     spans: list[SpanResult]
     plan_forwards: int
     denoise_steps: int
+    replans: int = 0
 
 
 @dataclass
 class Usage:
+    """What a request cost. The model layer fills the counts; the orchestrator adds failovers and
+    wall times (zero for a request run directly)."""
+
     prompt_tokens: int
     generated_tokens: int  # tokens after the prompt: plan, tags, span slots (pads included)
-    forward_passes: int  # sequential model calls: the critical path
+    critical_path: int  # sequential model forwards
     plan_tokens: int
     span_tokens: int
     steps_per_round: list[int]
     retries: int  # overflowing spans given more slots
+    replans: int = 0  # rounds planned again because spans overflowed
+    failovers: int = 0  # times the request moved to another worker
+    # Wall time between event batches, by the phase they arrived in: exact to the flush interval
+    # when streaming; with events batched at joins (Orchestrator.complete), planning counts as denoising.
+    plan_seconds: float = 0.0
+    denoise_seconds: float = 0.0
+    total_seconds: float = 0.0
 
 
 @dataclass
@@ -64,12 +75,19 @@ def strip_tags(decoded: str, profile: TagProfile) -> str:
     """The reference's final text (§2.4): a numbered list after <async> starts a new line, every tag
     and [PAD] becomes one space, runs of spaces collapse. Unlike the reference, a promise whose topic
     holds a newline is stripped too (DOTALL)."""
+    return strip_tags_piece(decoded, profile).strip()
+
+
+def strip_tags_piece(decoded: str, profile: TagProfile) -> str:
+    """`strip_tags` without the final strip, for text released piece by piece: each piece is cut
+    at a tag or a whole character, so the pieces' results join (one space where two meet) into the
+    whole text's."""
     q = re.escape
     text = re.sub(f"({q(profile.span_open)})(\\d+)", r"\1\n\2", decoded)
     tags = "|".join([q(profile.pad), q(profile.span_open), q(profile.span_close), q(profile.sync),
                      f"{q(profile.promise_open)}.*?{q(profile.promise_close)}"])
     text = re.sub(f"({tags})", " ", text, flags=re.DOTALL)
-    text = re.sub(r"[ \t]+", " ", text).strip()
+    text = re.sub(r"[ \t]+", " ", text)
     for end in profile.end:
         text = text.replace(end, "")
-    return text.strip()
+    return text

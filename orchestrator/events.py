@@ -6,6 +6,8 @@ from typing import Literal, Union
 
 from pydantic import BaseModel
 
+from plandiff.model.result import Usage
+
 
 class PlanTokenEvent(BaseModel):
     kind: Literal["plan_token"] = "plan_token"
@@ -70,18 +72,15 @@ class TextEvent(BaseModel):
     text: str
 
 
-class Usage(BaseModel):
-    prompt_tokens: int
-    generated_tokens: int
-    critical_path: int  # sequential model forwards
-    steps_per_round: list[int]
-    retries: int  # overflowing spans retried with more slots
-    failovers: int  # times the request moved to another worker
-    # Wall time between event batches, by the phase they arrived in: exact to the flush interval
-    # when streaming; with events batched at joins (complete()), planning counts as denoising.
-    plan_seconds: float
-    denoise_seconds: float
-    total_seconds: float
+class ReplannedEvent(BaseModel):
+    """Spans overflowed (on_overflow="replan"): the round's plan and spans are dropped and the round
+    is planned again; `floors` maps each overflowing span's index to the least length number its new
+    promise may write. The round's plan_token and span events follow anew."""
+
+    kind: Literal["replanned"] = "replanned"
+    request_id: str
+    round: int
+    floors: dict[int, int]
 
 
 class DoneEvent(BaseModel):
@@ -90,9 +89,9 @@ class DoneEvent(BaseModel):
     text: str
     finish_reason: Literal["end", "length"]
     fallback: str | None
-    usage: Usage
+    usage: Usage  # the one usage record (model/result.py), with failovers and wall times filled in
     result: dict  # plandiff.model.GenerationResult as a dict: plan, spans, token ids
 
 
-Event = Union[PlanTokenEvent, SpanPromisedEvent, SpanProgressEvent, SpanDoneEvent, SpanRetriedEvent, SyncEvent,
-              TextEvent, DoneEvent]
+Event = Union[PlanTokenEvent, SpanPromisedEvent, SpanProgressEvent, SpanDoneEvent, SpanRetriedEvent, ReplannedEvent,
+              SyncEvent, TextEvent, DoneEvent]

@@ -12,8 +12,8 @@ from rich.text import Text
 from plandiff.model.codec import TextCodec
 
 from .events import (
-    DoneEvent, Event, PlanTokenEvent, SpanDoneEvent, SpanProgressEvent, SpanPromisedEvent, SpanRetriedEvent, SyncEvent,
-    TextEvent,
+    DoneEvent, Event, PlanTokenEvent, ReplannedEvent, SpanDoneEvent, SpanProgressEvent, SpanPromisedEvent,
+    SpanRetriedEvent, SyncEvent, TextEvent,
 )
 
 
@@ -31,6 +31,7 @@ class _Round:
     plan: list[int] = field(default_factory=list)
     spans: list[_Span] = field(default_factory=list)
     steps: int = 0
+    replans: int = 0
 
 
 class LiveView:
@@ -58,6 +59,8 @@ class LiveView:
         elif isinstance(event, SpanDoneEvent):
             span = current.spans[event.span]
             span.slots, span.done = list(event.token_ids), True
+        elif isinstance(event, ReplannedEvent):
+            self.rounds[-1] = _Round(replans=current.replans + 1)
         elif isinstance(event, SyncEvent):
             self.rounds.append(_Round())
         elif isinstance(event, TextEvent):
@@ -74,6 +77,8 @@ class LiveView:
             title = Text(f"round {index}", style="bold")
             if r.steps:
                 title.append(f", {r.steps} denoising steps", style="dim")
+            if r.replans:
+                title.append(f", planned again {r.replans}× (spans overflowed)", style="dim")
             parts += [title, Text("  plan  ", style="dim") + Text(self.codec.tokenizer.decode(r.plan), style="cyan")]
             if r.spans:
                 table = Table.grid(padding=(0, 1))

@@ -15,6 +15,7 @@ and frees the request's state, whatever the request is doing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from typing import AsyncIterator
@@ -29,7 +30,7 @@ from plandiff.model.options import GenerationOptions, Validated
 from plandiff.model.result import GenerationResult
 from plandiff.workers.logs import get_logger
 
-from .events import DoneEvent, Event, Usage
+from .events import DoneEvent, Event
 from .executors import Executor, WorkerHandle, WorkerLost
 from .task_graph import TaskGraph
 
@@ -131,11 +132,9 @@ class Orchestrator:
                     worker.load -= 1
             for event in graph.final_text(result.text):
                 yield event
-            usage = Usage(
-                prompt_tokens=result.usage.prompt_tokens, generated_tokens=result.usage.generated_tokens,
-                critical_path=result.usage.forward_passes, steps_per_round=result.usage.steps_per_round,
-                retries=graph.retries, failovers=failovers, plan_seconds=timings["plan"],
-                denoise_seconds=timings["denoise"], total_seconds=time.perf_counter() - started,
+            usage = dataclasses.replace(
+                result.usage, retries=graph.retries, replans=graph.replans, failovers=failovers,
+                plan_seconds=timings["plan"], denoise_seconds=timings["denoise"], total_seconds=time.perf_counter() - started,
             )
             log.info("request_done", finish=result.finish_reason, critical_path=usage.critical_path,
                      retries=usage.retries, failovers=failovers, seconds=round(usage.total_seconds, 4))

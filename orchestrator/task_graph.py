@@ -1,9 +1,10 @@
-"""One request's task graph, built from the worker's streamed events:
+"""One request's task graph, built from the events its state machine emits:
 
     plan round 0 → span jobs → join at <sync/> → plan round 1 → … → end
 
 It knows which phase comes next, what is committed (what a resumed request replays), and which
-answer text is final, so that text is released in document order, each piece once.
+answer text is final, so that text is released in document order, each piece once, and decoded
+once: each release decodes only the ids it adds.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from typing import Literal
 
 from plandiff.model.codec import TextCodec
 from plandiff.model.events import (
-    DenoiseStep, Finished, PlanToken, RequestEvent, RoundJoined, RoundPlanned, SpanFilled, SpanRetried,
+    DenoiseStep, Finished, PlanToken, RequestEvent, RoundJoined, RoundPlanned, RoundReplanned, SpanFilled,
+    SpanPromised, SpanRetried,
 )
 from plandiff.model.options import GenerationOptions
-from plandiff.model.plan_constraint import span_length
-from plandiff.model.plan_parser import PlanParser, SpanPromised
+from plandiff.model.result import strip_tags_piece
 
 from .events import (
-    Event, PlanTokenEvent, SpanDoneEvent, SpanProgressEvent, SpanPromisedEvent, SpanRetriedEvent, SyncEvent, TextEvent,
+    Event, PlanTokenEvent, ReplannedEvent, SpanDoneEvent, SpanProgressEvent, SpanPromisedEvent, SpanRetriedEvent,
+    SyncEvent, TextEvent,
 )
 
 NextPhase = Literal["plan", "denoise", "done"]
@@ -44,18 +46,56 @@ class RoundNode:
     joined: bool = False
 
 
+class TextStream:
+    """The answer text of ids that only ever grow: each `extend` decodes just the new ids. Pieces
+    start at a tag or at a whole character (a piece ending in an incomplete one waits)."""
+
+    def __init__(self, codec: TextCodec):
+        self.codec = codec
+        self.consumed = 0  # ids turned into text
+        self.text = ""  # strip_tags of everything consumed, but the trailing strip
+        self.emitted = 0  # characters released
+
+    def extend(self, ids: list[int]) -> str:
+        """The new final text that `ids` (what was consumed, then more) adds."""
+        if len(ids) <= self.consumed:
+            return ""
+        piece = self.codec.tokenizer.decode(ids[self.consumed:], skip_special_tokens=False)
+        if piece.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its other bytes
+            return ""
+        self.consumed = len(ids)
+        piece = strip_tags_piece(piece, self.codec.profile)
+        if self.text.endswith(" ") and piece.startswith(" "):
+            piece = piece[1:]
+        self.text = (self.text + piece) if self.text else piece.lstrip()
+        return self._release(len(self.text.rstrip()))
+
+    def finish(self, final: str) -> str:
+        """The rest of the answer once the result's text is known (the same text, if the pieces
+        agreed with it, as they do unless an end token sat mid-text)."""
+        if final.startswith(self.text[:self.emitted]):
+            self.text = final
+            return self._release(len(final))
+        return ""
+
+    def _release(self, end: int) -> str:
+        delta = self.text[self.emitted:end]
+        self.emitted = max(self.emitted, end)
+        return delta
+
+
 class TaskGraph:
     def __init__(self, request_id: str, codec: TextCodec, options: GenerationOptions):
         self.request_id = request_id
         self.codec = codec
         self.options = options
-        self.parser = PlanParser(codec.tags)
         self.rounds = [RoundNode(0)]
         self.joined: list[int] = []  # generated ids up to the last joined round
         self.next_phase: NextPhase = "denoise" if options.mode == "diffusion" else "plan"
         self.finish: Finished | None = None
-        self.emitted = ""  # answer text released so far
+        self.text = TextStream(codec)
         self.retries = 0
+        self.replans = 0
 
     @property
     def round(self) -> RoundNode:
@@ -73,14 +113,13 @@ class TaskGraph:
             if isinstance(e, PlanToken):
                 self.round.plan.append(e.token)
                 out.append(PlanTokenEvent(request_id=rid, round=e.round, token_id=e.token))
-                promised = self.parser.feed(e.token) if self.options.mode == "planned" else None
-                if isinstance(promised, SpanPromised):
-                    length = min(span_length(promised.number, self.codec.tags, self.options),
-                                 self.options.max_span_length)
-                    topic = self.codec.tokenizer.decode(list(promised.topic_ids)).strip()
-                    self.round.spans.append(SpanJob(promised.index, topic, length))
-                    out.append(SpanPromisedEvent(request_id=rid, round=e.round, span=promised.index, topic=topic,
-                                                 length=length))
+                if self.options.mode == "autoregressive":  # plain text as it is written
+                    out += self._text(self.joined + self.round.plan)
+            elif isinstance(e, SpanPromised):
+                topic = self.codec.tokenizer.decode(list(e.topic_ids)).strip()
+                self.round.spans.append(SpanJob(e.index, topic, e.length))
+                out.append(SpanPromisedEvent(request_id=rid, round=e.round, span=e.index, topic=topic,
+                                             length=e.length))
             elif isinstance(e, RoundPlanned):
                 self.round.stop = e.stop
                 self.next_phase = "denoise" if any(s.length for s in e.spans) else self.next_phase
@@ -95,7 +134,7 @@ class TaskGraph:
                     text = self.codec.tokenizer.decode([t for t in e.token_ids if t != self.codec.tags.pad]).strip()
                     out.append(SpanDoneEvent(request_id=rid, round=e.round, span=e.index, text=text,
                                              token_ids=list(e.token_ids), overflow=e.overflow))
-                    out += self._release_text()
+                    out += self._release_spans()
             elif isinstance(e, SpanRetried):
                 job = self._job(e.index)
                 if job is not None:
@@ -103,14 +142,18 @@ class TaskGraph:
                 self.retries += 1
                 out.append(SpanRetriedEvent(request_id=rid, round=e.round, span=e.index, previous=e.previous,
                                             length=e.length))
+            elif isinstance(e, RoundReplanned):
+                self.rounds[-1] = RoundNode(e.round)
+                self.next_phase = "plan"
+                self.replans += 1
+                out.append(ReplannedEvent(request_id=rid, round=e.round, floors=dict(e.floors)))
             elif isinstance(e, RoundJoined):
                 self.joined = list(e.generated)
                 self.round.joined = True
-                out += self._release_text()
+                out += self._text(self.joined)
                 if e.stop == "sync":
                     out.append(SyncEvent(request_id=rid, round=e.round))
                     self.rounds.append(RoundNode(e.round + 1))
-                    self.parser.reset()
                     self.next_phase = "plan"
             elif isinstance(e, Finished):
                 self.finish = e
@@ -119,34 +162,31 @@ class TaskGraph:
 
     def final_text(self, text: str) -> list[Event]:
         """The rest of the answer once the result is known."""
-        return self._emit(text)
+        return self._emit(self.text.finish(text))
 
-    def _emit(self, text: str) -> list[Event]:
-        """Release what `text`, the final text so far, adds to what was released."""
-        if text.startswith(self.emitted) and len(text) > len(self.emitted):
-            delta, self.emitted = text[len(self.emitted):], text
-            return [TextEvent(request_id=self.request_id, text=delta)]
-        return []
+    def _text(self, ids: list[int]) -> list[Event]:
+        return self._emit(self.text.extend(ids))
+
+    def _emit(self, delta: str) -> list[Event]:
+        return [TextEvent(request_id=self.request_id, text=delta)] if delta else []
 
     def _job(self, index: int) -> SpanJob | None:
         return next((s for s in self.round.spans if s.index == index), None)
 
     @property
     def _spans_final_when_filled(self) -> bool:
-        """A filled span can still change if it may be retried, or (sampled) re-denoised elsewhere."""
-        return self.options.on_overflow == "accept" and self.options.sampling.temperature == 0
+        """A filled span can still change if it may be retried or re-planned, or (sampled) be
+        re-denoised elsewhere after a failover."""
+        return self.options.on_overflow == "accept" and self.options.temperature == 0
 
-    def _release_text(self) -> list[Event]:
+    def _release_spans(self) -> list[Event]:
         """Text is final up to the first span of the current round that is not final yet."""
-        if self.round.joined:
-            ids = self.joined
-        elif not self._spans_final_when_filled:
+        if not self._spans_final_when_filled:
             return []
-        else:
-            ids = self.joined + self.round.plan[:-1]  # the stop token is not part of the text
-            tags = self.codec.tags
-            for job in self.round.spans:
-                if job.content is None:
-                    break
-                ids = ids + [tags.span_open, *job.content, tags.span_close]
-        return self._emit(self.codec.text(ids))
+        ids = self.joined + self.round.plan[:-1]  # the stop token is not part of the text
+        tags = self.codec.tags
+        for job in self.round.spans:
+            if job.content is None:
+                break
+            ids = ids + [tags.span_open, *job.content, tags.span_close]
+        return self._text(ids)

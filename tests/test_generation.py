@@ -38,7 +38,7 @@ def test_cached_equals_uncached_under_exact_refresh(compact, dense, order, ratio
     cached = compact.generate("Tell me two things.", GenerationOptions(**common), plan=TWO_ROUNDS)
     uncached = compact.generate("Tell me two things.", GenerationOptions(kv_cache=False, **common), plan=TWO_ROUNDS)
     assert cached.token_ids == uncached.token_ids
-    assert cached.usage.forward_passes == uncached.usage.forward_passes
+    assert cached.usage.critical_path == uncached.usage.critical_path
     assert compact.tags.mask not in cached.token_ids
 
 
@@ -50,12 +50,12 @@ def test_adaptive_order_commits_confident_slots_beyond_the_schedule(compact):
 
     schedule = run(order="confidence")
     strict = run(order="adaptive", threshold=1.0)
-    assert strict.token_ids == schedule.token_ids and strict.usage.forward_passes == schedule.usage.forward_passes
+    assert strict.token_ids == schedule.token_ids and strict.usage.critical_path == schedule.usage.critical_path
     eager = run(order="adaptive", threshold=1e-9)
     assert all(r.denoise_steps == 1 for r in eager.rounds if r.spans)
     assert compact.tags.mask not in eager.token_ids
     middle = run(order="adaptive", threshold=0.05)
-    assert eager.usage.forward_passes <= middle.usage.forward_passes <= schedule.usage.forward_passes
+    assert eager.usage.critical_path <= middle.usage.critical_path <= schedule.usage.critical_path
 
 
 def test_free_planning_cached_equals_uncached(compact):
@@ -68,10 +68,10 @@ def test_free_planning_cached_equals_uncached(compact):
 def test_exact_refresh_costs_no_extra_forward(compact):
     exact = compact.generate("x", GenerationOptions(), plan=TWO_ROUNDS)
     stale = compact.generate("x", GenerationOptions(kv_refresh="reference"), plan=TWO_ROUNDS)
-    assert exact.usage.forward_passes == stale.usage.forward_passes
+    assert exact.usage.critical_path == stale.usage.critical_path
     # critical path = per round (planning tokens incl. its stop) + that round's denoising steps
     plan_tokens = [len(r.plan_ids) + 1 for r in exact.rounds]
-    assert exact.usage.forward_passes == sum(plan_tokens) + sum(exact.usage.steps_per_round)
+    assert exact.usage.critical_path == sum(plan_tokens) + sum(exact.usage.steps_per_round)
     assert exact.usage.steps_per_round == [50, 40]  # longest span × 10 × steps_ratio 1.0
 
 
@@ -139,7 +139,7 @@ def test_autoregressive_mode_never_writes_tags(compact):
     processor = script(compact, ["<promise>-<topic>a 1</topic><|im_end|>"])  # would plan if it could
     result = compact.generate("x", GenerationOptions(mode="autoregressive", max_new_tokens=10))
     assert not set(result.token_ids) & compact.tags.structural
-    assert result.usage.forward_passes == 10 and result.finish_reason == "length"
+    assert result.usage.critical_path == 10 and result.finish_reason == "length"
     scripted = compact.generate("x", GenerationOptions(mode="autoregressive", max_new_tokens=10),
                                 logits_processor=processor)
     assert not set(scripted.token_ids) & (compact.tags.structural - set(compact.tags.end))
@@ -147,7 +147,7 @@ def test_autoregressive_mode_never_writes_tags(compact):
 
 def test_diffusion_mode_fills_the_whole_answer(compact):
     result = compact.generate("x", GenerationOptions(mode="diffusion", max_new_tokens=20, steps_ratio=0.5))
-    assert result.usage.forward_passes == 10 == result.usage.steps_per_round[0]
+    assert result.usage.critical_path == 10 == result.usage.steps_per_round[0]
     assert compact.tags.mask not in result.token_ids
     assert len(result.token_ids) <= 20
 

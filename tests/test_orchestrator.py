@@ -95,7 +95,7 @@ def test_multi_round_request(orchestrator, direct):
     assert "".join(e.text for e in events if e.kind == "text") == done.text
     alone = direct.generate("Tell me things.", GenerationOptions(), plan=PLAN)
     assert done.result["token_ids"] == alone.token_ids and done.text == alone.text
-    assert done.usage.critical_path == alone.usage.forward_passes and done.usage.failovers == 0
+    assert done.usage.critical_path == alone.usage.critical_path and done.usage.failovers == 0
     assert done.usage.steps_per_round == [40, 10]
 
 

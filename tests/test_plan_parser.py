@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from plandiff.model.errors import CheckpointError
-from plandiff.model.plan_parser import Malformed, PlanParser, RoundEnd, SpanPromised
+from plandiff.model.plan_parser import Malformed, PlanParser, RoundEnd, PromiseClosed
 from plandiff.model.random_checkpoint import DREAM_IDS, build_tokenizer
 from plandiff.model.tags import TagProfile, TagVocabulary
 
@@ -66,7 +66,7 @@ def test_single_promise_then_end(tokenizer, tags, parser):
     assert len(events) == 2
     (i0, span), (i1, end) = events
     assert i0 == len(tokens) - 2  # emitted on the </topic>
-    assert isinstance(span, SpanPromised)
+    assert isinstance(span, PromiseClosed)
     assert span.index == 0
     assert span.number == 3
     assert tokenizer.decode(list(span.topic_ids)).strip() == "Definition"
@@ -78,7 +78,7 @@ def test_single_promise_then_end(tokenizer, tags, parser):
 def test_several_promises_then_sync(tokenizer, parser):
     text = promise("Definition 3") + promise("Causes 4") + promise("Summary 1") + "<sync/>"
     events = [e for _, e in feed_all(parser, ids(tokenizer, text))]
-    assert [type(e) for e in events] == [SpanPromised, SpanPromised, SpanPromised, RoundEnd]
+    assert [type(e) for e in events] == [PromiseClosed, PromiseClosed, PromiseClosed, RoundEnd]
     assert [e.index for e in events[:3]] == [0, 1, 2]
     assert [e.number for e in events[:3]] == [3, 4, 1]
     assert [tokenizer.decode(list(e.topic_ids)).strip() for e in events[:3]] == ["Definition", "Causes", "Summary"]
@@ -88,7 +88,7 @@ def test_several_promises_then_sync(tokenizer, parser):
 def test_promises_with_free_text_between(tokenizer, parser):
     text = "Here is my plan: " + promise("A 2") + " then " + promise("B 5") + " done<|im_end|>"
     events = [e for _, e in feed_all(parser, ids(tokenizer, text))]
-    assert [e.number for e in events if isinstance(e, SpanPromised)] == [2, 5]
+    assert [e.number for e in events if isinstance(e, PromiseClosed)] == [2, 5]
     assert events[-1] == RoundEnd("end", 2)
 
 
@@ -105,7 +105,7 @@ def test_digit_inside_topic_is_topic_text(tokenizer, parser):
 
 def test_digits_only_topic(tokenizer, parser):
     events = [e for _, e in feed_all(parser, ids(tokenizer, promise("7")))]
-    assert events == [SpanPromised(0, (), 7)]
+    assert events == [PromiseClosed(0, (), 7)]
 
 
 @pytest.mark.parametrize("number", [10, 12, 99, 45])
@@ -169,7 +169,7 @@ def test_unclosed_promise_interrupted_is_malformed(tokenizer, parser, interrupt,
 def test_unclosed_promise_after_a_good_one(tokenizer, parser):
     tokens = ids(tokenizer, promise("Intro 2") + PROMISE + "Body 3<sync/>")
     events = [e for _, e in feed_all(parser, tokens)]
-    assert isinstance(events[0], SpanPromised)
+    assert isinstance(events[0], PromiseClosed)
     assert isinstance(events[1], Malformed)
     assert "<sync/>" in events[1].reason
     assert len(events) == 2
@@ -203,10 +203,10 @@ def test_stray_tag_outside_promise_is_malformed(tokenizer, parser, stray, name):
 def test_stray_tag_between_promises_is_malformed(tokenizer, parser, stray):
     tokens = ids(tokenizer, promise("A 1") + stray + promise("B 2") + "<|im_end|>")
     events = [e for _, e in feed_all(parser, tokens)]
-    assert isinstance(events[0], SpanPromised)
+    assert isinstance(events[0], PromiseClosed)
     # Everything after the stray tag is Malformed: the second promise is never reported.
     assert all(isinstance(e, Malformed) for e in events[1:])
-    assert not any(isinstance(e, (SpanPromised, RoundEnd)) for e in events[1:])
+    assert not any(isinstance(e, (PromiseClosed, RoundEnd)) for e in events[1:])
 
 
 # ----------------------------------------------------------------------------- zero-promise rounds
@@ -248,7 +248,7 @@ def test_reset_starts_a_clean_round(tokenizer, tags, parser):
     assert isinstance(parser.feed(tags.pad), Malformed)
     parser.reset()
     events = [e for _, e in feed_all(parser, ids(tokenizer, promise("Again 2") + "<sync/>"))]
-    assert events == [SpanPromised(0, events[0].topic_ids, 2), RoundEnd("sync", 1)]
+    assert events == [PromiseClosed(0, events[0].topic_ids, 2), RoundEnd("sync", 1)]
 
 
 def test_reset_restarts_span_index_and_count(tokenizer, parser):
@@ -287,7 +287,7 @@ def test_topic_tokens_produce_no_event_until_close(tokenizer, tags, parser):
     assert all(parser.feed(t) is None for t in tokens)
     assert parser.in_promise
     event = parser.feed(tags.promise_close)
-    assert isinstance(event, SpanPromised) and event.number == 42
+    assert isinstance(event, PromiseClosed) and event.number == 42
 
 
 # ----------------------------------------------------------------------------- TagVocabulary

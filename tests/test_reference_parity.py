@@ -71,7 +71,7 @@ def test_fixture_covers_the_matrix():
 def test_greedy_tokens_match_official_code(dream, case):
     result = run(dream, case)
     assert case["prompt_ids"] + result.token_ids == case["expected_ids"]
-    assert result.usage.forward_passes == case["expected_forwards"]
+    assert result.usage.critical_path == case["expected_forwards"]
     assert result.finish_reason == "end"
 
 

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from plandiff.model import GenerationOptions, InvalidPlanError, InvalidRequestError
-from plandiff.model.events import DenoiseStep, Finished, PlanToken, RoundJoined, RoundPlanned, SpanFilled, SpanRetried
+from plandiff.model.events import (
+    DenoiseStep, Finished, PlanToken, RoundJoined, RoundPlanned, RoundReplanned, SpanFilled, SpanPromised, SpanRetried,
+)
 from plandiff.model.generation import Phase
 from plandiff.model.plan_parser import Malformed, PlanParser
 
@@ -80,7 +82,11 @@ def test_events_tell_the_story_in_order(compact):
     kinds = [type(e) for e in events]
     assert kinds[-1] is Finished and kinds.count(RoundJoined) == 2 and kinds.count(RoundPlanned) == 2
     first_planned = kinds.index(RoundPlanned)
-    assert set(kinds[:first_planned]) == {PlanToken}
+    assert set(kinds[:first_planned]) == {PlanToken, SpanPromised}
+    promised = [e for e in events[:first_planned] if isinstance(e, SpanPromised)]
+    assert [(e.round, e.index, e.length) for e in promised] == [(0, 0, 20), (0, 1, 40)]
+    # each promise is reported right after the token that closed it
+    assert all(kinds[events.index(e) - 1] is PlanToken for e in promised)
     filled = [e for e in events if isinstance(e, SpanFilled)]
     assert [(e.round, e.index, len(e.token_ids)) for e in sorted(filled, key=lambda e: (e.round, e.index))] == [
         (0, 0, 20), (0, 1, 40), (1, 0, 10)]
@@ -180,3 +186,56 @@ def test_processor_sees_only_filtered_logits(compact):
 
     compact.generate("x", GenerationOptions(max_new_tokens=3), logits_processor=spy)
     assert seen and all(n <= 50 for n in seen)  # top_k 50 ran before the processor
+
+
+def scripted_planner(runtime, topic="alpha"):
+    """Plans one span whose length is the smallest number the constraints allow: "<promise>-<topic>"
+    then `topic`, then digits in rising order of preference, then the close, then the end. The model
+    never writes [PAD], so every span it fills overflows."""
+    tags, encode = runtime.tags, runtime.tokenizer.encode
+    opener = encode("<promise>-<topic>", add_special_tokens=False)
+    words = encode(topic, add_special_tokens=False)
+
+    def processor(round_tokens, logits):
+        logits = logits.clone()
+        parser = PlanParser(tags)
+        for t in round_tokens:
+            parser.feed(t)
+        if parser.topic is None:
+            wanted = [tags.end[0]] if parser.promises else opener[:1]
+        elif len(parser.topic) < len(opener) - 1 + len(words):
+            wanted = (opener[1:] + words)[len(parser.topic):][:1]
+        else:
+            wanted = [tags.promise_close] + list(tags.digits[1:])  # close first, then 1, 2, … 9
+        for rank, token in enumerate(wanted):
+            logits[token] += 1e4 - 100 * rank
+        return logits
+
+    return processor
+
+
+def test_overflowing_spans_are_replanned_longer(compact):
+    opts = GenerationOptions(on_overflow="replan", max_overflow_retries=2, max_span_length=60, top_k=None)
+    state, events = run_with_events(compact, "x", opts, processor=scripted_planner(compact))
+    replanned = [e for e in events if isinstance(e, RoundReplanned)]
+    # 10 slots overflow → the round is planned again with a promise of at least 20, then 40, then accepted
+    assert [e.floors for e in replanned] == [((0, 2),), ((0, 4),)]
+    promised = [e.length for e in events if isinstance(e, SpanPromised)]
+    assert promised == [10, 20, 40]
+    result = compact.result(state)
+    assert result.finish_reason == "end" and result.usage.replans == 2 and result.rounds[0].replans == 2
+    assert [s.length for s in result.spans] == [40]
+    # each plan cost its forwards again: three plans of the same length, three denoising rounds
+    assert result.rounds[0].plan_forwards == 3 * len(result.rounds[0].plan_ids) + 3
+    assert not state._floors  # the bound held for that round only
+
+
+def test_replan_bounds_promises_to_what_max_span_length_allows(compact):
+    # 5 slots → 10; then 20 would exceed max_span_length 12 and 15 too: no longer promise fits, so
+    # the 10-slot span is kept although a second re-plan was allowed
+    opts = GenerationOptions(on_overflow="replan", max_overflow_retries=2, max_span_length=12, length_scale=5.0,
+                             top_k=None)
+    state, events = run_with_events(compact, "x", opts, processor=scripted_planner(compact))
+    assert [e.floors for e in events if isinstance(e, RoundReplanned)] == [((0, 2),)]
+    assert [e.length for e in events if isinstance(e, SpanPromised)] == [5, 10]
+    assert compact.result(state).usage.replans == 1

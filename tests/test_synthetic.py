@@ -8,7 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from plandiff.model.plan_parser import Malformed, PlanParser, RoundEnd, SpanPromised
+from plandiff.model.plan_parser import Malformed, PlanParser, RoundEnd, PromiseClosed
 from plandiff.model.result import strip_tags
 from plandiff.model.tags import TagProfile, TagVocabulary
 from plandiff.model.training import synthetic
@@ -148,7 +148,7 @@ def test_completion_parses_and_lengths_match(train_examples, tokenizer, tags):
             parser = PlanParser(tags)
             events = [ev for ev in (parser.feed(t) for t in [*plan, end]) if ev is not None]
             assert not any(isinstance(ev, Malformed) for ev in events), (text, events)
-            promised = [ev for ev in events if isinstance(ev, SpanPromised)]
+            promised = [ev for ev in events if isinstance(ev, PromiseClosed)]
             assert events[-1] == RoundEnd("sync" if end == tags.sync else "end", len(rnd.spans))
             # the span contents, as tokenized in context, and their promised lengths
             contents, i = [], first_span

@@ -46,7 +46,7 @@ def answer(runtime: ModelRuntime, example: Example, options: GenerationOptions) 
     result = runtime.generate(example.prompt, options)
     seconds = time.perf_counter() - started
     return Answer(example.family, score(example, result.text)["correct"],
-                  result.fallback is None and result.finish_reason == "end", result.usage.forward_passes,
+                  result.fallback is None and result.finish_reason == "end", result.usage.critical_path,
                   sum(result.usage.steps_per_round), seconds)
 
 

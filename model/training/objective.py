@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layout import CAUSAL, Layout, allowed
-from ..plan_parser import PlanParser, SpanPromised
+from ..plan_parser import PlanParser, PromiseClosed
 from ..tags import TagVocabulary
 
 Mode = Literal["planned", "autoregressive", "diffusion"]
@@ -82,7 +82,7 @@ def planned_sequence(prompt: list[int], answer: list[int], end: int, tags: TagVo
             parser.reset()
         else:
             event = parser.feed(token)
-            if isinstance(event, SpanPromised):
+            if isinstance(event, PromiseClosed):
                 lengths.append(event.number * tags.span_length_unit)
         tokens.append(token)
         region.append(CAUSAL)
