@@ -73,10 +73,10 @@ class RoundJoined:
 @dataclass(frozen=True)
 class RoundReplanned:
     """Spans overflowed (on_overflow="replan"): the round's plan and spans are dropped and it is
-    planned again; `floors` maps a span index to the least number its new promise may write."""
+    planned again; `bounds` holds (span index, least, most): the numbers its new promise may write."""
 
     round: int
-    floors: tuple[tuple[int, int], ...]
+    bounds: tuple[tuple[int, int, int], ...]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from .events import (
 )
 from .layout import CAUSAL, Layout
 from .options import GenerationOptions
-from .plan_constraint import banned_plan_tokens, floor_number, length_floor_bans, span_length, validate_plan
+from .plan_constraint import banned_plan_tokens, bounded_number_tokens, promise_bounds, span_length, validate_plan
 from .plan_parser import Malformed, PlanParser, RoundEnd, PromiseClosed
 from .tags import TagVocabulary
 from .unmasking import ThresholdSchedule, commit_count, diffusion_steps, filter_logits, next_token, propose, timesteps
@@ -130,7 +130,7 @@ class RequestState:
         self.forwards = 0
         self.retries = 0  # overflowing spans given more slots
         self.replans = 0  # rounds planned again because spans overflowed
-        self._floors: dict[int, int] = {}  # a replanned round: least promise number per span index
+        self._bounds: dict[int, tuple[int, int]] = {}  # a re-planned round: promise numbers allowed per span
         self.events: list[RequestEvent] = []
         self.rounds: list[Round] = [Round(0, self.prompt_length)]
         self.parser = PlanParser(tags)
@@ -225,11 +225,15 @@ class RequestState:
             banned = banned_plan_tokens(self.parser, self.round.index, self.options)
         else:
             banned = []
-        if self._floors and not self._text_only():
-            banned = banned + length_floor_bans(self.parser, self._floors, self.options)
         if banned:
             logits = logits.clone()
             logits[banned] = torch.finfo(logits.dtype).min
+        if self._bounds and not self._text_only():
+            allowed = bounded_number_tokens(self.parser, self._bounds, int(torch.argmax(logits)))
+            if allowed is not None:  # writing a re-planned span's length: only numbers within its bounds
+                kept = torch.full_like(logits, torch.finfo(logits.dtype).min)
+                kept[allowed] = logits[allowed]
+                logits = kept
         return next_token(logits, self.options.sampling, self.generator)
 
     def _accept_plan_token(self, token: int) -> None:
@@ -298,7 +302,7 @@ class RequestState:
 
     def _end_round(self) -> None:
         """Join the round: resume planning after <sync/>, or finish."""
-        self._floors = {}
+        self._bounds = {}
         if self.round.stop == "sync":
             self._append(self._stop, CAUSAL, self.round.index + 1)
             self.events.append(RoundJoined(self.round.index, "sync", tuple(self.tokens[self.prompt_length:])))
@@ -397,31 +401,29 @@ class RequestState:
 
     def _replan_overflows(self) -> bool:
         """Plan the round again, each overflowing span's promise bound to a larger length
-        (on_overflow="replan"); the spans before the first constrained promise come out the same
-        under greedy planning, those after may change."""
+        (on_overflow="replan", plan_constraint.promise_bounds); the spans before the first bound
+        promise come out the same under greedy planning, those after may change."""
         opts = self.options
         if opts.on_overflow != "replan" or self.forced is not None or self.round.replans >= opts.max_overflow_retries:
             return False
-        floors = {}
+        bounds = {}
         for span in self._spans:
             content = self.tokens[span.start + 1: span.end - 1]
-            if content and content[-1] != self.tags.pad:
-                target = min(int(span.length * opts.overflow_growth), opts.max_span_length)
-                number = floor_number(target, span.length, self.tags, opts)
-                if number is not None:
-                    floors[span.index] = number
-        if not floors:
+            bound = promise_bounds(span.length, self.tags, opts) if content and content[-1] != self.tags.pad else None
+            if bound is not None:
+                bounds[span.index] = bound
+        if not bounds:
             return False
         start = self.round.plan_start
         self._truncate(start)
         self.round.spans, self.round.plan_end, self.round.stop = [], -1, None
         self.round.replans += 1
         self.replans += 1
-        self._spans, self._floors = [], floors
+        self._spans, self._bounds = [], bounds
         self.parser.reset()
         self._computed = min(self._computed, start - 1)  # the next forward re-reads the last prefix logits
         self.phase = Phase.PLAN
-        self.events.append(RoundReplanned(self.round.index, tuple(sorted(floors.items()))))
+        self.events.append(RoundReplanned(self.round.index, tuple((i, *b) for i, b in sorted(bounds.items()))))
         return True
 
     # ------------------------------------------------------------------ diffusion-only baseline

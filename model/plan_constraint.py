@@ -40,35 +40,39 @@ def banned_plan_tokens(parser: PlanParser, round_index: int, options: Generation
     return banned
 
 
-def floor_number(target: int, current: int, tags: TagVocabulary, options: GenerationOptions) -> int | None:
-    """The least promise number that gives at least `target` slots within max_span_length (or the
-    largest one that still gives more than `current`); None if no number gives more than `current`."""
+def promise_bounds(length: int, tags: TagVocabulary, options: GenerationOptions) -> tuple[int, int] | None:
+    """The promise numbers a re-planned span may write: from the least that gives `overflow_growth`
+    × its `length` slots to the most that gives that again × overflow_growth, within
+    max_span_length; None if no number gives it more than `length` slots."""
+    want, most_slots = (min(int(length * options.overflow_growth ** k), options.max_span_length) for k in (1, 2))
+    least = most = None
     number = 1
-    while span_length(number, tags, options) < target:
+    while (slots := span_length(number, tags, options)) <= most_slots:  # slots grow with the number
+        if slots > length:
+            least = number if least is None and slots >= want else least
+            most = number
         number += 1
-    while number > 1 and span_length(number, tags, options) > options.max_span_length:
-        number -= 1
-    grows = current < span_length(number, tags, options) <= options.max_span_length
-    return number if grows else None
+    if most is None:
+        return None
+    return (least if least is not None else most), most
 
 
-def length_floor_bans(parser: PlanParser, floors: dict[int, int], options: GenerationOptions) -> list[int]:
-    """A replanned round: the promise being written must close on a number from its floor up to the
-    largest one max_span_length allows; a digit that cannot begin such a number is banned too."""
-    floor = floors.get(parser.promises) if parser.topic is not None else None
-    if floor is None:
-        return []
-    tags = parser.tags
-    top = floor
-    while span_length(top + 1, tags, options) <= options.max_span_length:
-        top += 1
+def bounded_number_tokens(parser: PlanParser, bounds: dict[int, tuple[int, int]], preferred: int) -> list[int] | None:
+    """A re-planned round: once the promise being written starts its length number (the planner
+    prefers a digit, or one was written), the only tokens allowed are the digits that can still make
+    a number within its bounds, and the close once the number is within them. None: no restriction
+    (outside a bounded promise, or still writing its topic)."""
+    bound = bounds.get(parser.promises) if parser.topic is not None else None
     trailing = parser.trailing_digits()
-    banned = [] if trailing and floor <= int(trailing) <= top else [tags.promise_close]
-    for digit, token in enumerate(tags.digits):
-        prefix = trailing + str(digit)
-        if prefix.startswith("0") or not _reachable(int(prefix), floor, top):
-            banned.append(token)
-    return banned
+    tags = parser.tags
+    if bound is None or not trailing and tags.digit_value(preferred) is None:
+        return None
+    least, most = bound
+    allowed = [token for digit, token in enumerate(tags.digits)
+               if not (trailing + str(digit)).startswith("0") and _reachable(int(trailing + str(digit)), least, most)]
+    if trailing and least <= int(trailing) <= most:
+        allowed.append(tags.promise_close)
+    return allowed
 
 
 def _reachable(prefix: int, low: int, high: int) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -65,6 +67,11 @@ def add_bench(sub) -> None:
     add_model_arguments(o)
     o.add_argument("--requests", type=int, default=8)
     o.add_argument("--executors", default="local,ray", help="comma-separated: local, ray")
+    v = what.add_parser("overflow", help="span-overflow policies on forced overflows: recovered share, extra forwards")
+    add_model_arguments(v)
+    add_flags(v, GenerationOptions, skip={"on_overflow"})
+    v.add_argument("--examples", type=int, default=200, help="test prompts of the synthetic task")
+    v.add_argument("--policies", default="accept,retry,replan", help="comma-separated: accept, retry, replan")
     t = what.add_parser("train-step", help="one training step of a checkpoint's network, eager and compiled")
     t.add_argument("--model", default=str(DEMO_MODEL), help="checkpoint folder (default: the demo model)")
     t.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"], default="planned")
@@ -161,6 +168,8 @@ def run_eval(args) -> int:
         raise InvalidRequestError(f"--order {args.order} needs --threshold")
     if args.workers < 1 or args.workers > 1 and args.device != "cpu":
         raise InvalidRequestError("--workers must be at least 1, and more than 1 only with --device cpu")
+    if args.examples < 1:
+        raise InvalidRequestError("--examples must be at least 1")
     runtime = ModelRuntime.load(args.model, device=args.device)
     examples = make_split("test", args.examples, args.seed)
     label = args.label or f"{Path(args.model).name} ({args.mode})"
@@ -241,7 +250,8 @@ def run_generate(args) -> int:
     finally:
         executor.shutdown()
     if args.json:
-        print(json.dumps({**done.result, "serving": done.usage.model_dump()}, ensure_ascii=False))
+        # the one usage record: the model's counts with the orchestrator's failovers and wall times
+        print(json.dumps({**done.result, "usage": dataclasses.asdict(done.usage)}, ensure_ascii=False))
     elif not live:
         print_result(done)
     return 0
@@ -297,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
             return run_probe(args)
         if args.command == "bench" and args.bench == "train-step":
             return run_train_step(args)
+        if args.command == "bench" and args.bench == "overflow":
+            from .bench_overflow import POLICIES, run_overflow
+
+            policies = args.policies.split(",")
+            if set(policies) - set(POLICIES) or args.examples < 1:
+                raise InvalidRequestError(f"--policies takes {', '.join(POLICIES)}; --examples ≥ 1")
+            return run_overflow(settings_from(args), args.examples, policies)
         if args.command == "bench":
             from .bench import run_overhead
 
@@ -305,11 +322,19 @@ def main(argv: list[str] | None = None) -> int:
             return run_overhead(settings, args.requests, args.executors.split(","))
         from plandiff.model.random_checkpoint import build_random_checkpoint
 
-        folder = build_random_checkpoint(
-            args.folder, args.layout, seed=args.seed, max_shard_size=args.max_shard_size,
-            hidden_size=args.hidden_size, num_hidden_layers=args.layers, num_attention_heads=args.heads,
-            num_key_value_heads=args.kv_heads, intermediate_size=args.intermediate_size or 2 * args.hidden_size,
-        )
+        sizes = (args.hidden_size, args.layers, args.heads, args.kv_heads, args.intermediate_size or 1)
+        if min(sizes) < 1:
+            raise InvalidRequestError("--hidden-size, --layers, --heads, --kv-heads, --intermediate-size must be ≥ 1")
+        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*[KMGT]B\s*", args.max_shard_size, re.IGNORECASE):
+            raise InvalidRequestError(f"--max-shard-size takes a size such as 10MB or 5GB, not {args.max_shard_size!r}")
+        try:
+            folder = build_random_checkpoint(
+                args.folder, args.layout, seed=args.seed, max_shard_size=args.max_shard_size,
+                hidden_size=args.hidden_size, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                num_key_value_heads=args.kv_heads, intermediate_size=args.intermediate_size or 2 * args.hidden_size,
+            )
+        except ValueError as err:  # the config's own checks: heads dividing the hidden size, …
+            raise InvalidRequestError(str(err)) from None
         print(f"wrote a tiny random {args.layout} checkpoint to {folder}")
         return 0
     except PlandiffError as err:

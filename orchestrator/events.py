@@ -74,13 +74,13 @@ class TextEvent(BaseModel):
 
 class ReplannedEvent(BaseModel):
     """Spans overflowed (on_overflow="replan"): the round's plan and spans are dropped and the round
-    is planned again; `floors` maps each overflowing span's index to the least length number its new
-    promise may write. The round's plan_token and span events follow anew."""
+    is planned again; `bounds` maps each overflowing span's index to the (least, most) length number
+    its new promise may write. The round's plan_token and span events follow anew."""
 
     kind: Literal["replanned"] = "replanned"
     request_id: str
     round: int
-    floors: dict[int, int]
+    bounds: dict[int, tuple[int, int]]
 
 
 class DoneEvent(BaseModel):

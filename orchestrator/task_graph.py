@@ -146,7 +146,7 @@ class TaskGraph:
                 self.rounds[-1] = RoundNode(e.round)
                 self.next_phase = "plan"
                 self.replans += 1
-                out.append(ReplannedEvent(request_id=rid, round=e.round, floors=dict(e.floors)))
+                out.append(ReplannedEvent(request_id=rid, round=e.round, bounds={i: (lo, hi) for i, lo, hi in e.bounds}))
             elif isinstance(e, RoundJoined):
                 self.joined = list(e.generated)
                 self.round.joined = True

@@ -218,8 +218,9 @@ def test_overflowing_spans_are_replanned_longer(compact):
     opts = GenerationOptions(on_overflow="replan", max_overflow_retries=2, max_span_length=60, top_k=None)
     state, events = run_with_events(compact, "x", opts, processor=scripted_planner(compact))
     replanned = [e for e in events if isinstance(e, RoundReplanned)]
-    # 10 slots overflow → the round is planned again with a promise of at least 20, then 40, then accepted
-    assert [e.floors for e in replanned] == [((0, 2),), ((0, 4),)]
+    # 10 slots overflow → the round is planned again with a promise of 20 to 40 slots, then 40 to 60
+    # (max_span_length), then accepted
+    assert [e.bounds for e in replanned] == [((0, 2, 4),), ((0, 4, 6),)]
     promised = [e.length for e in events if isinstance(e, SpanPromised)]
     assert promised == [10, 20, 40]
     result = compact.result(state)
@@ -227,15 +228,15 @@ def test_overflowing_spans_are_replanned_longer(compact):
     assert [s.length for s in result.spans] == [40]
     # each plan cost its forwards again: three plans of the same length, three denoising rounds
     assert result.rounds[0].plan_forwards == 3 * len(result.rounds[0].plan_ids) + 3
-    assert not state._floors  # the bound held for that round only
+    assert not state._bounds  # the bounds held for that round only
 
 
 def test_replan_bounds_promises_to_what_max_span_length_allows(compact):
-    # 5 slots → 10; then 20 would exceed max_span_length 12 and 15 too: no longer promise fits, so
-    # the 10-slot span is kept although a second re-plan was allowed
+    # 5 slots → 10 (5 per unit: numbers 2 only, as 15 and 20 exceed max_span_length 12); then no
+    # longer promise fits, so the 10-slot span is kept although a second re-plan was allowed
     opts = GenerationOptions(on_overflow="replan", max_overflow_retries=2, max_span_length=12, length_scale=5.0,
                              top_k=None)
     state, events = run_with_events(compact, "x", opts, processor=scripted_planner(compact))
-    assert [e.floors for e in events if isinstance(e, RoundReplanned)] == [((0, 2),)]
+    assert [e.bounds for e in events if isinstance(e, RoundReplanned)] == [((0, 2, 2),)]
     assert [e.length for e in events if isinstance(e, SpanPromised)] == [5, 10]
     assert compact.result(state).usage.replans == 1

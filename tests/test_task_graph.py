@@ -61,7 +61,7 @@ def test_a_replanned_round_starts_over_in_the_graph(compact):
     events, graph, result = replay(compact, options, processor=scripted_planner(compact))
     kinds = [e.kind for e in events]
     assert kinds.count("replanned") == 2 and graph.replans == 2
-    assert [e.floors for e in events if e.kind == "replanned"] == [{0: 2}, {0: 4}]
+    assert [e.bounds for e in events if e.kind == "replanned"] == [{0: (2, 4)}, {0: (4, 6)}]
     # after each re-plan the round's plan tokens and its span come again
     last = len(kinds) - 1 - kinds[::-1].index("replanned")
     assert "plan_token" in kinds[last:] and "span_promised" in kinds[last:]
