@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
 from plandiff.model.codec import DEFAULT_SYSTEM
 from plandiff.model.errors import InvalidRequestError
@@ -60,13 +60,20 @@ def load_settings(cls: type[BaseSettings], preset: str | Path | None, cli: dict[
     """Merge a YAML preset, the environment and CLI values into `cls`."""
     values = read_yaml(preset) if preset is not None else {}
     try:
-        values.update(cls().model_dump(exclude_unset=True))  # what the environment sets
+        # What the environment sets, as raw text: validated once with the rest, not alone (alone,
+        # PLANDIFF_ORDER=adaptive was refused for want of the threshold that --threshold gives).
+        values.update(EnvSettingsSource(cls)())
         values.update(cli)
         return cls.model_validate(values)
     except ValidationError as err:
-        raise invalid(err, prefix="") from None
-    except InvalidRequestError as err:
-        raise InvalidRequestError(f"invalid settings: {err}", field=err.field) from None
+        # A Validated model's own __init__ runs inside model_validate: its InvalidRequestError (which
+        # names the field) comes back wrapped in a ValidationError without a location.
+        inner = [e.get("ctx", {}).get("error") for e in err.errors()]
+        if len(inner) == 1 and isinstance(inner[0], InvalidRequestError):
+            raise inner[0] from None
+        raise invalid(err) from None
+    except SettingsError as err:  # e.g. an environment value that is not the JSON a field needs
+        raise InvalidRequestError(f"invalid settings: {err}") from None
 
 
 class TrainSettings(BaseModel):

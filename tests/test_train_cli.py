@@ -1,7 +1,9 @@
 """`plandiff train` end to end on CPU for a few steps: the folder it writes is a checkpoint the
-runtime loads and generates with."""
+runtime loads and generates with; `plandiff eval`, `probe` and `bench train-step`. All in-process:
+`cli.main(argv)`, its output read with capsys."""
 
 import json
+import os
 import time
 
 import pytest
@@ -13,6 +15,21 @@ from plandiff.orchestrator import cli
 
 RECIPE = "configs/train/tiny.yaml"
 DEMO_PD, DEMO_AR = "model/demo/pd", "model/demo/ar"
+
+
+@pytest.fixture(autouse=True)
+def no_plandiff_env(monkeypatch):
+    for key in [k for k in os.environ if k.startswith("PLANDIFF_")]:
+        monkeypatch.delenv(key)
+
+
+def refused(capsys, argv: list[str], needle: str) -> None:
+    """Exit status 2 and an `error: …` line naming `needle` (what escapes main would be a traceback)."""
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("error: ") and needle in err, err
 
 
 @pytest.mark.parametrize("mode", ["planned", "autoregressive", "diffusion"])
@@ -179,6 +196,19 @@ def test_eval_in_worker_processes_gives_the_same_answers(tmp_path, capsys):
 def test_eval_rejects_an_order_without_its_threshold(capsys):
     assert cli.main(["eval", "--model", DEMO_PD, "--order", "adaptive"]) == 2
     assert "--threshold" in capsys.readouterr().err
+
+
+def test_bad_numbers_on_the_command_line_exit_2(capsys, tmp_path):
+    """`eval --examples 0` ended in a StatisticsError traceback after loading the model."""
+    refused(capsys, ["eval", "--model", DEMO_PD, "--examples", "0"], "--examples")
+    refused(capsys, ["probe", "--model", DEMO_PD, "--examples", "0"], "--examples")
+    refused(capsys, ["eval", "--model", str(tmp_path), "--examples", "2"], "config.json")
+    recipe = yaml.safe_load(open(RECIPE))
+    recipe.update(output=str(tmp_path / "out"))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    refused(capsys, ["train", "--config", str(tmp_path / "r.yaml"), "--steps", "0"], "steps")
+    refused(capsys, ["train", "--config", str(tmp_path / "missing.yaml")], "missing.yaml")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_planned_model_starts_from_its_ar_twin(tmp_path, capsys):
