@@ -45,6 +45,30 @@ class GenerateSettings(RunSettings, GenerationOptions):
         return GenerationOptions(**self.model_dump(include=set(GenerationOptions.model_fields)))
 
 
+class ServeSettings(GenerateSettings):
+    """`plandiff serve`: where the model runs (RunSettings), the requests' default options (the
+    GenerationOptions fields: a request's body overrides them) and the server's own bounds."""
+
+    model_config = SETTINGS
+
+    host: str = Field("127.0.0.1", description="address to bind (0.0.0.0 exposes the server to the network)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
+    api_key: str | None = Field(None, min_length=1, description=(
+        "require 'Authorization: Bearer KEY' on /v1/* (better from the environment: PLANDIFF_API_KEY); none = open"))
+    served_model_name: str | None = Field(None, min_length=1, description=(
+        "the model id in /v1/models and responses; none = the checkpoint folder's name"))
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="a larger request body is refused (413)")
+    max_prompt_tokens: int | None = Field(None, ge=1, description=(
+        "a longer prompt is refused (400); none = the model's context less one"))
+    max_tokens_limit: int | None = Field(None, ge=1, description=(
+        "the largest max_tokens a request may ask (400 beyond); none = the model's context"))
+    max_running_requests: int = Field(64, ge=1, description="requests generating at once; more wait in a queue")
+    max_waiting_requests: int = Field(256, ge=0, description="requests queued beyond those; more are refused (429)")
+    retry_after: int = Field(1, ge=1, description="seconds in the Retry-After of a 429 or 503 answer")
+    drain_timeout: float = Field(30.0, ge=0, description=(
+        "on SIGTERM, seconds in-flight requests get to finish (new ones get 503) before the server stops"))
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
