@@ -72,6 +72,16 @@ def add_bench(sub) -> None:
     add_flags(v, GenerationOptions, skip={"on_overflow"})
     v.add_argument("--examples", type=int, default=200, help="test prompts of the synthetic task")
     v.add_argument("--policies", default="accept,retry,replan", help="comma-separated: accept, retry, replan")
+    b = what.add_parser("serve", help="N concurrent streams against a running `plandiff serve`: TTFT, end-to-end, "
+                                       "errors, tokens/s")
+    b.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: http://127.0.0.1:8000)")
+    b.add_argument("--concurrency", type=int, default=4, help="streams at once")
+    b.add_argument("--requests", type=int, default=32, help="requests in all (after one warm-up request)")
+    b.add_argument("--prompt", default=None, help="the prompt of every request (default: a demo-task prompt)")
+    b.add_argument("--api-key", default=None, help="default: $PLANDIFF_API_KEY")
+    b.add_argument("--timeout", type=float, default=600.0, help="seconds a stream may stall")
+    b.add_argument("--warmup", type=int, default=1, help="untimed requests first")
+    add_flags(b, GenerationOptions)
     t = what.add_parser("train-step", help="one training step of a checkpoint's network, eager and compiled")
     t.add_argument("--model", default=str(DEMO_MODEL), help="checkpoint folder (default: the demo model)")
     t.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"], default="planned")
@@ -80,6 +90,36 @@ def add_bench(sub) -> None:
     t.add_argument("--warmup", type=int, default=10, help="untimed steps first (compiling happens there)")
     t.add_argument("--variants", default="eager,compiled", help="comma-separated: eager, compiled")
     t.add_argument("--device", default=None, help="default: cuda if available")
+
+
+def add_serve(sub) -> None:
+    from .settings import ServeSettings
+
+    p = sub.add_parser("serve", help="the OpenAI-compatible HTTP server (docs/serving.md)")
+    add_model_arguments(p)
+    p.add_argument("--system", default=argparse.SUPPRESS,
+                   help="the system message of /v1/completions prompts (default: the checkpoints' own)")
+    add_flags(p, ServeSettings, only=set(ServeSettings.model_fields) - set(GenerateSettings.model_fields))
+    add_flags(p, GenerationOptions)  # the requests' defaults; a body's fields override them
+
+
+def run_serve(args) -> int:
+    from .server import serve
+    from .settings import ServeSettings
+
+    settings = settings_from(args, ServeSettings)
+    configure_logging(settings.log_level)
+    name = None if settings.served_model_name or Path(settings.model) != DEMO_MODEL else "plandiff-demo"
+
+    def ready(url: str) -> None:
+        print(f"plandiff: serving {name or settings.served_model_name or Path(settings.model).name} at {url}/v1 "
+              f"(executor {settings.executor}); Ctrl-C or SIGTERM drains and stops", flush=True)
+
+    service = serve(settings, name, ready)
+    if service.error is not None:
+        raise service.error if isinstance(service.error, PlandiffError) else PlandiffError(
+            f"the model did not load: {service.error}")
+    return 0
 
 
 def add_train(sub) -> None:
@@ -292,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     add_generate(sub)
     add_random_checkpoint(sub)
     add_bench(sub)
+    add_serve(sub)
     add_train(sub)
     add_eval(sub)
     add_probe(sub)
@@ -305,6 +346,17 @@ def main(argv: list[str] | None = None) -> int:
             return run_eval(args)
         if args.command == "probe":
             return run_probe(args)
+        if args.command == "serve":
+            return run_serve(args)
+        if args.command == "bench" and args.bench == "serve":
+            from .bench_serve import DEFAULT_PROMPT, run_bench_serve
+
+            if args.concurrency < 1 or args.requests < 1 or args.warmup < 0:
+                raise InvalidRequestError("--concurrency and --requests must be ≥ 1, --warmup ≥ 0")
+            options = given(args, GenerationOptions)
+            GenerationOptions(**options)
+            return run_bench_serve(args.url, args.concurrency, args.requests, args.prompt or DEFAULT_PROMPT,
+                                   args.api_key, options, args.timeout, args.warmup)
         if args.command == "bench" and args.bench == "train-step":
             return run_train_step(args)
         if args.command == "bench" and args.bench == "overflow":
