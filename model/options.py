@@ -25,15 +25,22 @@ OverflowPolicy = Literal["accept", "retry", "replan"]
 STRICT = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False, validate_default=False)
 
 
-def invalid(err: ValidationError, prefix: str = "") -> InvalidRequestError:
-    """One typed error for a pydantic validation failure: every problem, each naming its field."""
-    problems = []
+def invalid(err: ValidationError) -> InvalidRequestError:
+    """One typed error for a pydantic validation failure: every problem, each naming its field (a
+    nested model's own InvalidRequestError keeps its inner field: `messages.0.role`)."""
+    problems, fields = [], []
     for e in err.errors(include_url=False):
         loc = ".".join(str(part) for part in e["loc"])
+        inner = e.get("ctx", {}).get("error")
+        if isinstance(inner, InvalidRequestError) and inner.field and not loc.endswith(inner.field):
+            prefix = f"{loc}." if loc else ""
+            problems += [prefix + part for part in str(inner).split("; ")]
+            fields.append(prefix + inner.field)
+            continue
         message = e["msg"].removeprefix("Value error, ")
-        problems.append(f"{prefix}{loc}: {message}" if loc else message)
-    first = err.errors()[0]["loc"] if err.errors() else ()
-    return InvalidRequestError("; ".join(problems), field=prefix + ".".join(str(p) for p in first) or None)
+        problems.append(f"{loc}: {message}" if loc else message)
+        fields.append(loc or None)
+    return InvalidRequestError("; ".join(problems), field=fields[0] if fields else None)
 
 
 class Validated(BaseModel):
