@@ -255,7 +255,16 @@ def _corrupt_weights(data: dict, folder: Path) -> None:
 def test_damaged_folder_is_a_checkpoint_error(compact_folder, tmp_path, damage):
     folder = copy_folder(compact_folder, tmp_path / "ckpt")
     damage(json.loads((folder / "config.json").read_text()), folder)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(folder)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400  # one short line, not torch's dump
+
+
+def test_a_wrong_weight_shape_names_the_weights(compact_folder, tmp_path):
+    folder = copy_folder(compact_folder, tmp_path / "ckpt")
+    _shape_mismatch(json.loads((folder / "config.json").read_text()), folder)
+    with pytest.raises(CheckpointError, match=r"embed_tokens.weight is \(\d+, 64\), config.json implies \(\d+, 32\)"
+                                              r".*and \d+ more"):
         load_checkpoint(folder)
 
 
