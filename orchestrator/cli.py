@@ -282,13 +282,19 @@ def run_generate(args) -> int:
     configure_logging(settings.log_level)
     request = GenerateRequest(prompt=args.prompt, system=settings.system, plan=args.plan, options=settings.options())
     live = not args.json and (args.live if args.live is not None else sys.stdout.isatty())
-    executor = build_executor(settings)
+    stdout = sys.stdout
+    if args.json:  # stdout carries the JSON only: what else prints (Ray's notices, forwarded lines) goes to stderr
+        sys.stdout = sys.stderr
     try:
-        codec = TextCodec.load(settings.model)
-        orchestrator = Orchestrator(executor, codec)
-        done = asyncio.run(run_live(orchestrator, request, codec) if live else orchestrator.complete(request))
+        executor = build_executor(settings)
+        try:
+            codec = TextCodec.load(settings.model)
+            orchestrator = Orchestrator(executor, codec)
+            done = asyncio.run(run_live(orchestrator, request, codec) if live else orchestrator.complete(request))
+        finally:
+            executor.shutdown()
     finally:
-        executor.shutdown()
+        sys.stdout = stdout
     if args.json:
         # the one usage record: the model's counts with the orchestrator's failovers and wall times
         print(json.dumps({**done.result, "usage": dataclasses.asdict(done.usage)}, ensure_ascii=False))

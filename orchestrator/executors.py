@@ -6,18 +6,23 @@
   one (``address``); one actor per GPU, or N CPU actors.
 
 Both hand the orchestrator `WorkerHandle`s with the same async interface; a worker that is lost
-(its process died) surfaces as `WorkerLost`, whatever the backend.
+(its process died) surfaces as `WorkerLost`, whatever the backend. After a loss the orchestrator asks
+`Executor.live_worker` for a worker that answers `health`, waiting up to `failover_wait` seconds while
+Ray restarts lost actors; none: `WorkersUnavailableError`.
+
+An embedded Ray cluster (`start_local_ray`) listens on 127.0.0.1 only, unless a host is given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from abc import ABC, abstractmethod
-from typing import AsyncIterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, AsyncIterator
 
-from typing import TYPE_CHECKING
-
+from plandiff.model.errors import PlandiffError
 from plandiff.model.events import RequestEvent
 from plandiff.model.options import GenerationOptions
 
@@ -28,8 +33,25 @@ if TYPE_CHECKING:
     from .settings import RunSettings
 
 
-class WorkerLost(Exception):
-    """The worker's process died; its requests' states are gone."""
+FAILOVER_WAIT = 60.0  # seconds: a restarting worker actor reloads its model (seconds on a loaded machine)
+
+
+class WorkerLost(PlandiffError):
+    """A worker's process died (or cannot be reached); its requests' states are gone. The orchestrator
+    fails over; its callers see `WorkersUnavailableError` only. `restarting`: Ray may bring the
+    worker back (False: it is gone for good, e.g. killed with no_restart or its restart failed)."""
+
+    def __init__(self, message: str, restarting: bool = True):
+        super().__init__(message)
+        self.restarting = restarting
+
+
+class WorkersUnavailableError(WorkerLost):
+    """No worker could take the request: none answered within the failover wait (all lost, none
+    restarted in time, or all gone for good), or the request lost too many workers in a row."""
+
+    def __init__(self, message: str):
+        super().__init__(message, restarting=False)
 
 
 class WorkerHandle(ABC):
@@ -48,6 +70,10 @@ class WorkerHandle(ABC):
     @abstractmethod
     async def stats(self) -> dict: ...
 
+    @abstractmethod
+    async def health(self) -> bool:
+        """True once the worker answers (a control call: not queued behind a forward)."""
+
 
 class LocalWorkerHandle(WorkerHandle):
     def __init__(self, worker: Worker):
@@ -63,11 +89,21 @@ class LocalWorkerHandle(WorkerHandle):
     async def stats(self):
         return self.worker.stats()
 
+    async def health(self):
+        return self.worker.health()
+
 
 class RayWorkerHandle(WorkerHandle):
     def __init__(self, actor, name: str):
         self.actor = actor
         self.name = name
+
+    def _lost(self, err) -> WorkerLost:
+        from ray.exceptions import ActorUnavailableError
+
+        # ActorUnavailableError: "temporarily unavailable" (restarting); ActorDiedError: dead for good
+        # (with max_restarts=-1: killed with no_restart, or its __init__ failed).
+        return WorkerLost(f"{self.name}: {err}", restarting=isinstance(err, ActorUnavailableError))
 
     async def generate(self, request_id, prompt_ids, options, plan, resume, stream):
         from ray.exceptions import RayActorError
@@ -76,7 +112,7 @@ class RayWorkerHandle(WorkerHandle):
             async for ref in self.actor.generate.remote(request_id, prompt_ids, options, plan, resume, stream):
                 yield await ref
         except RayActorError as err:
-            raise WorkerLost(f"{self.name}: {err}") from err
+            raise self._lost(err) from err
 
     async def _call(self, method: str, *args):
         from ray.exceptions import RayActorError
@@ -84,7 +120,7 @@ class RayWorkerHandle(WorkerHandle):
         try:
             return await getattr(self.actor, method).remote(*args)
         except RayActorError as err:
-            raise WorkerLost(f"{self.name}: {err}") from err
+            raise self._lost(err) from err
 
     async def cancel(self, request_id):
         await self._call("cancel", request_id)
@@ -92,14 +128,62 @@ class RayWorkerHandle(WorkerHandle):
     async def stats(self):
         return await self._call("stats")
 
+    async def health(self):
+        return await self._call("health")
+
 
 class Executor(ABC):
     workers: list[WorkerHandle]
+    failover_wait = FAILOVER_WAIT
 
     def pick(self, avoid: WorkerHandle | None = None) -> WorkerHandle:
         """The least loaded worker, another than `avoid` when there is one."""
         candidates = [w for w in self.workers if w is not avoid] or self.workers
         return min(candidates, key=lambda w: w.load)
+
+    async def live_worker(self, avoid: WorkerHandle | None = None, timeout: float | None = None) -> WorkerHandle:
+        """The least loaded worker that answers `health` (another than `avoid` when one does). While
+        none answers (all lost, Ray restarting them) each is polled with backoff, for up to `timeout`
+        seconds (default `failover_wait`); workers gone for good are not waited for. None back in
+        time: `WorkersUnavailableError`."""
+        timeout = self.failover_wait if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        errors: dict[str, str] = {}
+
+        async def answers(worker: WorkerHandle) -> WorkerHandle | None:
+            delay = 0.05
+            while True:
+                try:
+                    await asyncio.wait_for(worker.health(), max(deadline - time.monotonic(), 0.001))
+                    return worker
+                except (WorkerLost, asyncio.TimeoutError) as err:
+                    errors[worker.name] = " ".join(str(err).split())[:300] if str(err) else f"{worker.name}: no answer"
+                    if isinstance(err, WorkerLost) and not err.restarting:
+                        return None  # gone for good
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, 1.0)
+
+        polls = {asyncio.ensure_future(answers(w)): w for w in self.workers}
+        live: list[WorkerHandle] = []
+        try:
+            pending = set(polls)
+            while pending and not live:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                live = [t.result() for t in done if t.result() is not None]
+            if live and pending:  # the others' answers, if they come at once: pick the least loaded
+                done, pending = await asyncio.wait(pending, timeout=0.02)
+                live += [t.result() for t in done if t.result() is not None]
+        finally:
+            for task in polls:
+                task.cancel()
+        if not live:
+            detail = "; ".join(errors.values())
+            raise WorkersUnavailableError(
+                f"no worker answered within {timeout:g} s (failover_wait) of losing one: {detail}"[:1000])
+        return min([w for w in live if w is not avoid] or live, key=lambda w: w.load)
 
     async def wait_ready(self) -> None:
         """Return once every worker answers."""
@@ -118,23 +202,71 @@ class LocalExecutor(Executor):
         self.workers = [LocalWorkerHandle(Worker(model, dtype=dtype, device=device, name="local-0"))]
 
 
+_CLUSTER_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _loopback_node():
+    """While Ray starts: node address 127.0.0.1, and every port on it. Ray (2.60) rewrites a loopback
+    `_node_ip_address` to the host's own address and then listens on every interface (GCS, raylet,
+    workers, the driver; the runtime-env agent on the host address); with Ray's "local cluster only"
+    flag off (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read when ray is imported, so set on the imported
+    constant too; its daemons inherit the environment) everything stays on 127.0.0.1 (measured with
+    `ss -ltnp`; tests/test_ray_hardening.py checks it). Both are put back once Ray is up."""
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(_CLUSTER_FLAG), getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_CLUSTER_FLAG] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop(_CLUSTER_FLAG, None)
+        else:
+            os.environ[_CLUSTER_FLAG] = saved_env
+        if saved_flag is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+
+
+def start_local_ray(host: str | None = None, **kwargs) -> None:
+    """Start an embedded single-node Ray (never join one by a stale address: address="local"),
+    dashboard off. It listens on 127.0.0.1 only unless `host` (the address to advertise, e.g. the
+    machine's own for other nodes to join) is given. `kwargs` go to `ray.init` (num_cpus, …)."""
+    import ray
+
+    # Ray starts workers at nice 15; a model worker then loses the CPU to Ray's own daemons
+    # (measured: 5 % slower forwards on 2 cores). Workers of a cluster we start run at normal priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    kwargs = {"include_dashboard": False, "configure_logging": False, **kwargs}
+    if host is not None:
+        ray.init(address="local", _node_ip_address=host, **kwargs)
+        return
+    with _loopback_node():
+        ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
+
+
 class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, model: str, workers: int = 1, dtype: str | None = None, device: str = "cpu",
-                 address: str | None = None, num_cpus_per_worker: float = 1.0):
+                 address: str | None = None, num_cpus_per_worker: float = 1.0, host: str | None = None,
+                 failover_wait: float = FAILOVER_WAIT):
+        """`address`: an existing cluster (or $RAY_ADDRESS); none: an embedded one, on 127.0.0.1
+        unless `host` is given. `failover_wait`: seconds a request waits for a lost worker (or any)
+        to answer again before `WorkersUnavailableError`."""
         import ray
 
         from plandiff.workers.actor import remote_worker_class
 
+        self.failover_wait = failover_wait
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
+            address = address or os.environ.get("RAY_ADDRESS") or None
             if address is None:
-                # Ray starts workers at nice 15; a model worker then loses the CPU to Ray's own
-                # daemons (measured: 5 % slower forwards on 2 cores). Workers of a cluster we start
-                # run at normal priority.
-                os.environ.setdefault("RAY_worker_niceness", "0")
-            ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+                start_local_ray(host, log_to_driver=True)
+            else:
+                ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
         gpu = device.startswith("cuda")
         cls = remote_worker_class(num_cpus=0 if gpu else num_cpus_per_worker, num_gpus=1 if gpu else 0)
         self.workers = [
@@ -156,5 +288,5 @@ def build_executor(settings: RunSettings, kind: str | None = None) -> Executor:
     kind = kind or settings.executor
     if kind == "ray":
         return RayExecutor(settings.model, workers=settings.workers, dtype=settings.dtype, device=settings.device,
-                           address=settings.address)
+                           address=settings.address, host=settings.ray_host, failover_wait=settings.failover_wait)
     return LocalExecutor(settings.model, dtype=settings.dtype, device=settings.device)

@@ -31,10 +31,10 @@ from plandiff.model.result import GenerationResult
 from plandiff.workers.logs import get_logger
 
 from .events import DoneEvent, Event
-from .executors import Executor, WorkerHandle, WorkerLost
+from .executors import Executor, WorkerHandle, WorkerLost, WorkersUnavailableError
 from .task_graph import TaskGraph
 
-MAX_FAILOVERS = 5  # with backoff 0.2, 0.4, … 3.2 s: room for a restarting actor to load its model
+MAX_FAILOVERS = 5  # workers a request may lose (each loss waits up to executor.failover_wait for one back)
 
 
 class ChatMessage(Validated):
@@ -92,6 +92,9 @@ class Orchestrator:
         """The request's events. `stream=False` lets the worker send them in a few batches (at each
         round's join and at the end) instead of every few milliseconds: fewer messages, same events."""
         rid = request.request_id
+        if rid in self._tasks:  # refused before anything is touched: the running request goes on
+            raise InvalidRequestError(f"request_id {rid!r} is already running; give each request its own",
+                                      field="request_id")
         codec, options = self.codec, request.options
         prompt_ids = request.encode(codec)
         plan = codec.encode_plan(request.plan) if request.plan else None
@@ -103,10 +106,10 @@ class Orchestrator:
         worker: WorkerHandle | None = None
         resume: list[int] | None = None
         result: GenerationResult | None = None
-        self._tasks[rid] = asyncio.current_task()
+        self._tasks[rid] = me = asyncio.current_task()  # no await since the check above
         try:
+            worker = self.executor.pick()
             while result is None:
-                worker = self.executor.pick(avoid=worker)
                 worker.load += 1
                 log.info("request_routed", worker=worker.name, prompt_tokens=len(prompt_ids),
                          resumed_tokens=len(resume or ()))
@@ -125,11 +128,14 @@ class Orchestrator:
                     failovers += 1
                     log.warning("worker_lost", worker=worker.name, round=graph.round.index, error=str(err)[:200])
                     if failovers > MAX_FAILOVERS:
-                        raise
+                        raise WorkersUnavailableError(f"request {rid} lost {failovers} workers; giving up") from err
                     resume = graph.committed  # a live worker replays what was committed and goes on
-                    await asyncio.sleep(0.1 * 2 ** failovers)
                 finally:
                     worker.load -= 1
+                if result is None:
+                    # One that answers: at once if another is alive, else once Ray has restarted one
+                    # (up to executor.failover_wait); none: WorkersUnavailableError.
+                    worker = await self.executor.live_worker(avoid=worker)
             for event in graph.final_text(result.text):
                 yield event
             usage = dataclasses.replace(
@@ -141,7 +147,8 @@ class Orchestrator:
             yield DoneEvent(request_id=rid, text=result.text, finish_reason=result.finish_reason,
                             fallback=result.fallback, usage=usage, result=result.to_dict())
         finally:
-            self._tasks.pop(rid, None)
+            if self._tasks.get(rid) is me:
+                del self._tasks[rid]
             if result is None and worker is not None:
                 log.info("request_cancelled", round=graph.round.index)
                 # The worker stops the request at its next forward and frees it; off the critical path.

@@ -30,6 +30,10 @@ class RunSettings(BaseSettings):
         "local: the worker in this process (starting Ray costs seconds); ray: worker actors"))
     workers: int = Field(1, ge=1, description="worker actors (executor ray)")
     address: str | None = Field(None, description="an existing Ray cluster (executor ray); none = a local one")
+    ray_host: str | None = Field(None, description=(
+        "the address a local Ray cluster advertises and listens on (executor ray, no address); none = 127.0.0.1 only"))
+    failover_wait: float = Field(60.0, gt=0, description=(
+        "seconds a request waits for a lost worker actor (or another) to answer again (executor ray)"))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     device: str = "cpu"

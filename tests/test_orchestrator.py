@@ -12,7 +12,7 @@ import ray
 from plandiff.model import GenerationOptions, InvalidRequestError, ModelRuntime
 from plandiff.model.codec import TextCodec
 from plandiff.model.random_checkpoint import build_random_checkpoint
-from plandiff.orchestrator.executors import LocalExecutor, RayExecutor, WorkerLost
+from plandiff.orchestrator.executors import LocalExecutor, RayExecutor, WorkerLost, start_local_ray
 from plandiff.orchestrator.orchestrator import GenerateRequest, Orchestrator
 
 PLAN = ("<promise>-<topic>alpha 2</topic><promise>-<topic>beta 4</topic><sync/>"
@@ -35,7 +35,7 @@ def direct(folder):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    start_local_ray(num_cpus=4, log_to_driver=False)  # on 127.0.0.1 only
     yield
     ray.shutdown()
 

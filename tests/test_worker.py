@@ -75,9 +75,10 @@ def test_generate_frees_the_request_however_it_ends(compact_folder, compact):
 
 @pytest.fixture(scope="module")
 def actor(compact_folder):
+    from plandiff.orchestrator.executors import start_local_ray
     from plandiff.workers.actor import remote_worker_class
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    start_local_ray(num_cpus=2, log_to_driver=False)  # on 127.0.0.1 only
     handle = remote_worker_class(num_cpus=1).remote(str(compact_folder), flush_interval=0.0)
     ray.get(handle.health.remote())
     yield handle

@@ -4,6 +4,7 @@ group, so they are answered while a phase is busy with a forward."""
 from __future__ import annotations
 
 import os
+import sys
 
 import ray
 
@@ -21,9 +22,22 @@ def restore_priority() -> None:
             get_logger("plandiff.worker").warning("worker_runs_at_low_priority", nice=os.getpriority(os.PRIO_PROCESS, 0))
 
 
+def stdout_to_stderr() -> None:
+    """A worker's output is diagnostics: send what it prints (Python and C level) to its stderr, as
+    its logs go, so that Ray forwards it to the driver's stderr. The driver's stdout may carry data
+    (`plandiff generate --json`)."""
+    sys.stdout.flush()
+    try:
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a stream without a file descriptor
+        pass
+    sys.stdout = sys.stderr
+
+
 class WorkerActor(Worker):
     def __init__(self, model: str, dtype: str | None = None, device: str = "cpu", name: str = "worker",
                  flush_interval: float = 0.05):
+        stdout_to_stderr()
         configure_logging()
         restore_priority()
         super().__init__(model, dtype=dtype, device=device, name=name, flush_interval=flush_interval)

@@ -1,7 +1,12 @@
-"""Structured logs (structlog): JSON lines when not on a terminal, readable lines on one.
+"""Structured logs (structlog) on stderr: JSON lines when not on a terminal, readable lines on one.
 
 Context does not cross Ray actors by itself: callers pass request_id, round and span explicitly and
 bind them here.
+
+Library use (nobody called `configure_logging`): if the application has not configured structlog
+either, the first `get_logger` applies this module's defaults (INFO, stderr), since structlog's own
+default prints to stdout, which may carry the application's data. An application that configured
+structlog keeps its configuration.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import sys
 
 import structlog
 
-_configured = False
+_configured = False  # by configure_logging (an application's choice), not by the library default
 
 
 class _StderrLogger:
@@ -25,10 +30,16 @@ class _StderrLogger:
 
 
 def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
-    """Idempotent; call once per process (the CLI, each worker actor)."""
+    """Idempotent; call once per process (the CLI, each worker actor). Loggers made before keep the
+    configuration of their making."""
     global _configured
     if _configured:
         return
+    _apply(level, json)
+    _configured = True
+
+
+def _apply(level: str, json: bool | None) -> None:
     json = not sys.stderr.isatty() if json is None else json
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
@@ -41,8 +52,9 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         logger_factory=lambda *args: _StderrLogger(),
         cache_logger_on_first_use=True,
     )
-    _configured = True
 
 
 def get_logger(name: str, **context):
+    if not _configured and not structlog.is_configured():
+        _apply("INFO", None)  # library use: stderr, not structlog's default stdout
     return structlog.get_logger(name).bind(**context)
