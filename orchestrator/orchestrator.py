@@ -22,7 +22,7 @@ from typing import AsyncIterator
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from plandiff.model.codec import DEFAULT_SYSTEM, TextCodec, check_text
 from plandiff.model.errors import InvalidRequestError
@@ -39,7 +39,13 @@ MAX_FAILOVERS = 5  # workers a request may lose (each loss waits up to executor.
 
 class ChatMessage(Validated):
     role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=1_000_000)
+    content: str
+
+    @field_validator("content")
+    @classmethod
+    def _text(cls, content: str) -> str:
+        check_text(content, "content")
+        return content
 
 
 class GenerateRequest(Validated):
@@ -48,27 +54,34 @@ class GenerateRequest(Validated):
 
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:16], min_length=1, max_length=128)
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
-    prompt_ids: list[int] | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    prompt_ids: list[int] | None = Field(None, min_length=1)
     system: str | None = DEFAULT_SYSTEM
     plan: str | None = None  # forced plan text
     options: GenerationOptions = Field(default_factory=GenerationOptions)
+
+    @field_validator("prompt", "system", "plan")
+    @classmethod
+    def _text(cls, text: str | None, info: ValidationInfo) -> str | None:
+        if text is not None:
+            check_text(text, info.field_name)
+            if info.field_name != "system" and not text.strip():
+                raise ValueError(f"{info.field_name} is empty" + (": leave it out to let the model plan"
+                                                                  if info.field_name == "plan" else ""))
+        return text
+
+    @field_validator("messages")
+    @classmethod
+    def _conversation(cls, messages: list[ChatMessage] | None) -> list[ChatMessage] | None:
+        if messages is not None and messages[-1].role != "user":
+            raise ValueError("the last message must be the user's")
+        return messages
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerateRequest:
         given = [name for name in ("prompt", "messages", "prompt_ids") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of prompt, messages and prompt_ids (got {', '.join(given) or 'none'})")
-        for name in ("prompt", "system", "plan"):
-            text = getattr(self, name)
-            if text is not None:
-                check_text(text, name)
-        if self.prompt == "" or self.messages == [] or self.prompt_ids == []:
-            raise ValueError(f"{given[0]} is empty")
-        if self.messages is not None and self.messages[-1].role != "user":
-            raise ValueError("the last message must be the user's")
-        if self.plan is not None and not self.plan.strip():
-            raise ValueError("plan is empty: leave it out to let the model plan")
         return self
 
     def encode(self, codec: TextCodec) -> list[int]:
