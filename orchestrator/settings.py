@@ -132,4 +132,4 @@ def load_train_settings(path: str | Path, overrides: dict[str, Any]) -> TrainSet
     try:
         return TrainSettings.model_validate(values)
     except ValidationError as err:
-        raise invalid(err, prefix="") from None
+        raise invalid(err) from None
