@@ -124,17 +124,12 @@ def test_server_refusals_are_typed_errors_naming_the_field(url):
     assert isinstance(err.value, InvalidRequestError) and err.value.field == "plan"
 
 
-def hold_the_only_slot(url, seconds: float):
-    """A long stream that takes the server's only running slot, closed after `seconds`."""
-
-    async def hold():
-        async with client(url) as c, c.stream("long", max_tokens=1800) as events:
-            deadline = time.monotonic() + seconds
-            async for _ in events:
-                if time.monotonic() > deadline:
-                    return
-
-    return hold()
+async def hold_the_only_slot(url, release: asyncio.Event):
+    """A long stream that takes the server's only running slot, closed once `release` is set."""
+    async with client(url) as c, c.stream("long", max_tokens=1800) as events:
+        async for _ in events:
+            if release.is_set():
+                return
 
 
 async def until_busy(url):
@@ -145,12 +140,16 @@ async def until_busy(url):
 
 def test_429_is_retried_after_retry_after_then_succeeds(url):
     async def go():
-        holder = asyncio.ensure_future(hold_the_only_slot(url, 0.5))
+        release = asyncio.Event()
+        holder = asyncio.ensure_future(hold_the_only_slot(url, release))
         await until_busy(url)
         async with client(url, max_retries=0) as c:
             with pytest.raises(RateLimitError) as refused:
                 await c.generate("x", plan=PLAN)
         started = time.monotonic()
+        # The slot is freed only after the retrying client was surely refused once (timed from here,
+        # not from the holder's start: on a loaded machine the first refusal can take a while).
+        asyncio.get_running_loop().call_later(0.5, release.set)
         async with client(url, max_retries=4) as c:
             done = await c.generate("x", plan=PLAN)  # refused while the slot is held, then admitted
         await holder

@@ -380,13 +380,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_starts_at_503_then_sigterm_drains_in_flight_request_and_exits_0(compact_folder):
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_serve_starts_at_503_then_sigterm_drains_in_flight_request_and_exits_0(compact_folder, executor):
+    """With Ray too: starting Ray puts a fatal-signal handler on SIGTERM that aborted the process
+    (exit -6) after the drain, until the server took the signal back."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLANDIFF_")}
     env["OMP_NUM_THREADS"] = "1"  # as this process's torch: two threads on a busy 2-core machine crawl
     process = subprocess.Popen(
         [sys.executable, "-m", "plandiff.orchestrator.cli", "serve", "--model", str(compact_folder), "--port",
-         str(port), "--served-model-name", "tiny"],
+         str(port), "--served-model-name", "tiny", "--executor", executor],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -14,6 +14,7 @@ drains (for at most `drain_timeout` seconds), then uvicorn shuts down as usual a
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from typing import Callable
@@ -48,6 +49,7 @@ class Server(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         service = self.service
         if self.started and self.url is None and service.state == "ready":
+            self._reclaim_signals()
             host, port = self.servers[0].sockets[0].getsockname()[:2]
             host = f"[{host}]" if ":" in host else host
             self.url = f"http://{host}:{port}"
@@ -62,6 +64,15 @@ class Server(uvicorn.Server):
                                         waiting=service.admission.waiting)
                 self.should_exit = True
         return await super().on_tick(counter)
+
+
+    def _reclaim_signals(self) -> None:
+        """Starting Ray (in a loader thread) puts its own fatal-signal handler on SIGTERM, which
+        prints a stack and aborts the process after our drain (exit -6). Ours again, from the main
+        thread, as uvicorn set them; uvicorn restores the originals when it returns."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self.handle_exit)
 
 
 def make_server(settings: ServeSettings, served_model_name: str | None = None,
