@@ -17,7 +17,8 @@ from plandiff.model.codec import DEFAULT_SYSTEM
 from plandiff.model.errors import InvalidRequestError
 from plandiff.model.options import GenerationOptions, invalid
 
-SETTINGS = SettingsConfigDict(env_prefix="PLANDIFF_", extra="forbid", strict=False, frozen=False)
+# "none" in the environment unsets an optional field, as `--top-k none` does on the command line.
+SETTINGS = SettingsConfigDict(env_prefix="PLANDIFF_", extra="forbid", strict=False, frozen=False, env_parse_none_str="none")
 
 
 class RunSettings(BaseSettings):

@@ -218,6 +218,15 @@ def test_optional_numbers_take_none(plandiff, sent, compact_folder, tmp_path):
     assert (sent[-1].options.top_p, sent[-1].options.seed, sent[-1].options.length_scale) == (None, None, None)
 
 
+def test_none_in_the_environment_unsets_an_optional_number(plandiff, sent, compact_folder, monkeypatch):
+    monkeypatch.setenv("PLANDIFF_TOP_K", "none")
+    ok(plandiff("generate", "--model", compact_folder, "hi", "--json", "--max-new-tokens", "2"))
+    assert sent[-1].options.top_k is None
+    monkeypatch.setenv("PLANDIFF_TOP_K", "7")
+    ok(plandiff("generate", "--model", compact_folder, "hi", "--json", "--max-new-tokens", "2"))
+    assert sent[-1].options.top_k == 7
+
+
 def test_system_only_when_given(plandiff, sent, compact_folder):
     ok(plandiff("generate", "--model", compact_folder, "hi", "--json", "--max-new-tokens", "2"))
     assert sent[-1].system == DEFAULT_SYSTEM  # the checkpoints' own
