@@ -46,6 +46,32 @@ def add_generate(sub) -> None:
     add_flags(p, GenerationOptions)
 
 
+def add_batch(sub) -> None:
+    from .batch.settings import BatchSettings
+
+    p = sub.add_parser("batch", help="generate for every line of a JSONL file, resumably (docs/batch.md)")
+    p.add_argument("--input", required=True, help='JSONL: {"id": …, "prompt": …} or {"id": …, "messages": […]} '
+                                                  "per line, with optional per-line options")
+    p.add_argument("--output", required=True, help="JSONL of results, appended; a rerun skips the ids it holds")
+    p.add_argument("--summary", help="summary JSON (default: beside the output, NAME.summary.json)")
+    p.add_argument("--config", help="YAML preset of settings (see configs/)")
+    add_flags(p, BatchSettings, skip={"system"})
+    p.add_argument("--system", default=argparse.SUPPRESS, help="the system message of prompt lines (default: the checkpoints' own)")
+
+
+def run_batch(args) -> int:
+    from .batch.runner import run_batch as run
+    from .batch.settings import BatchSettings
+    from .batch.summary import render
+
+    settings = settings_from(args, BatchSettings)
+    configure_logging(settings.log_level)
+    summary = run(settings, args.input, args.output, args.summary)
+    print(render(summary))
+    print(f"output: {args.output}; summary: {summary['summary']}")
+    return 0
+
+
 def add_random_checkpoint(sub) -> None:
     p = sub.add_parser("random-checkpoint", help="write a tiny random checkpoint folder (for tests and trials)")
     p.add_argument("folder")
@@ -82,6 +108,15 @@ def add_bench(sub) -> None:
     b.add_argument("--timeout", type=float, default=600.0, help="seconds a stream may stall")
     b.add_argument("--warmup", type=int, default=1, help="untimed requests first")
     add_flags(b, GenerationOptions)
+    c = what.add_parser("batch", help="plandiff batch throughput with 1 and N CPU worker actors on the demo task's "
+                                       "test prompts (docs/performance.md)")
+    from .batch.settings import BatchSettings
+
+    c.add_argument("--config", help="YAML preset of settings (see configs/)")
+    add_flags(c, BatchSettings, skip={"system", "executor", "workers", "device"})
+    c.add_argument("--examples", type=int, default=1000, help="test prompts of the synthetic task")
+    c.add_argument("--worker-counts", default="1,2", help="comma-separated worker counts, one run each")
+    c.add_argument("--folder", default="bench-batch", help="where the prompts, results and summaries go")
     t = what.add_parser("train-step", help="one training step of a checkpoint's network, eager and compiled")
     t.add_argument("--model", default=str(DEMO_MODEL), help="checkpoint folder (default: the demo model)")
     t.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"], default="planned")
@@ -336,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="plandiff", description="Serve and run planned-diffusion language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_generate(sub)
+    add_batch(sub)
     add_random_checkpoint(sub)
     add_bench(sub)
     add_serve(sub)
@@ -346,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return run_generate(args)
+        if args.command == "batch":
+            return run_batch(args)
         if args.command == "train":
             return run_train(args)
         if args.command == "eval":
@@ -363,6 +401,16 @@ def main(argv: list[str] | None = None) -> int:
             GenerationOptions(**options)
             return run_bench_serve(args.url, args.concurrency, args.requests, args.prompt or DEFAULT_PROMPT,
                                    args.api_key, options, args.timeout, args.warmup)
+        if args.command == "bench" and args.bench == "batch":
+            from .batch.settings import BatchSettings
+            from .bench_batch import run_bench_batch
+
+            counts = [int(n) for n in args.worker_counts.split(",") if n.strip().isdigit()]
+            if args.examples < 1 or not counts or min(counts) < 1:
+                raise InvalidRequestError("--examples ≥ 1; --worker-counts takes worker counts ≥ 1, e.g. 1,2")
+            settings = settings_from(args, BatchSettings)
+            configure_logging(settings.log_level)
+            return run_bench_batch(settings, args.examples, counts, args.folder)
         if args.command == "bench" and args.bench == "train-step":
             return run_train_step(args)
         if args.command == "bench" and args.bench == "overflow":

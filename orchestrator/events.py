@@ -91,6 +91,7 @@ class DoneEvent(BaseModel):
     fallback: str | None
     usage: Usage  # the one usage record (model/result.py), with failovers and wall times filled in
     result: dict  # plandiff.model.GenerationResult as a dict: plan, spans, token ids
+    worker: str | None = None  # the worker that finished the request (a batch's per-worker summary)
 
 
 Event = Union[PlanTokenEvent, SpanPromisedEvent, SpanProgressEvent, SpanDoneEvent, SpanRetriedEvent, ReplannedEvent,

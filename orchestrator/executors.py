@@ -246,6 +246,22 @@ def start_local_ray(host: str | None = None, **kwargs) -> None:
         ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
 
 
+def connect_ray(address: str | None = None, host: str | None = None) -> bool:
+    """Connect this process to Ray unless it already is: to `address` (or $RAY_ADDRESS, which a Ray
+    job's driver is given), else to an embedded cluster (`start_local_ray`). True if this call
+    connected, so that its caller disconnects (`ray.shutdown`) when done."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        start_local_ray(host, log_to_driver=True)
+    else:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    return True
+
+
 class RayExecutor(Executor):
     name = "ray"
 
@@ -260,13 +276,7 @@ class RayExecutor(Executor):
         from plandiff.workers.actor import remote_worker_class
 
         self.failover_wait = failover_wait
-        self.started_ray = not ray.is_initialized()
-        if self.started_ray:
-            address = address or os.environ.get("RAY_ADDRESS") or None
-            if address is None:
-                start_local_ray(host, log_to_driver=True)
-            else:
-                ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        self.started_ray = connect_ray(address, host)
         gpu = device.startswith("cuda")
         cls = remote_worker_class(num_cpus=0 if gpu else num_cpus_per_worker, num_gpus=1 if gpu else 0)
         self.workers = [

@@ -158,7 +158,8 @@ class Orchestrator:
             log.info("request_done", finish=result.finish_reason, critical_path=usage.critical_path,
                      retries=usage.retries, failovers=failovers, seconds=round(usage.total_seconds, 4))
             yield DoneEvent(request_id=rid, text=result.text, finish_reason=result.finish_reason,
-                            fallback=result.fallback, usage=usage, result=result.to_dict())
+                            fallback=result.fallback, usage=usage, result=result.to_dict(),
+                            worker=worker.name)
         finally:
             if self._tasks.get(rid) is me:
                 del self._tasks[rid]
