@@ -336,6 +336,7 @@ class RequestState:
         logits = logits.clone()
         logits[:, self._slot_banned] = torch.finfo(logits.dtype).min  # a slot never commits the mask itself
         x0, scores = propose(logits, self.options.sampling, self.options.order, self.generator)
+        x0, scores = x0.tolist(), scores.cpu()  # the decisions below read single rows: on the host
         slot_row = {p + 1: i for i, p in enumerate(logit_positions)}
         step, threshold = self._step, self._threshold
         for b, span in enumerate(self._spans):
@@ -343,9 +344,8 @@ class RequestState:
             if masked == 0:
                 continue
             span_scores = torch.full((span.length + 2,), float("-inf"), dtype=scores.dtype)
-            for p in range(span.start + 1, span.end - 1):
-                if p in slot_row:
-                    span_scores[p - span.start] = scores[slot_row[p]]
+            offsets = [p - span.start for p in range(span.start + 1, span.end - 1) if p in slot_row]
+            span_scores[offsets] = scores[[slot_row[span.start + o] for o in offsets]]
             if threshold is not None:
                 k = threshold.candidates(b, masked, step, span.length + 2)
                 chosen_scores, chosen = torch.topk(span_scores, k)
@@ -450,6 +450,7 @@ class RequestState:
         logits = logits.clone()
         logits[:, self.tags.mask] = torch.finfo(logits.dtype).min
         x0, scores = propose(logits, self.options.sampling, self.options.order, self.generator)
+        x0, scores = x0.tolist(), scores.cpu()
         masked = len(logit_positions)
         i, steps = self._step, self._steps
         k = int(masked * (1 - self._times[i + 1] / self._times[i])) if i < steps - 1 else masked

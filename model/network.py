@@ -5,11 +5,14 @@ GQA, bias on q/k/v, untied head; the logits at position i predict the token at i
 visibility always comes from the caller (layout.py). Parameter names match the checkpoints'
 (``model.layers.{i}.self_attn.q_proj.weight`` …, ``lm_head.weight``).
 
-The KV cache stores keys after RoPE, indexed by absolute position, so a forward may (re)write any
-positions (e.g. the live spans of a scaffold) and attend over every cached key.
+The KV memory (kv_pool.py) stores keys after RoPE, per sequence indexed by absolute position, so a
+forward may (re)write any positions (e.g. the live spans of a scaffold) and attend over every cached
+key; a forward packs the tokens of many sequences (`forward_packed`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -50,35 +53,17 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + rotated * sin
 
 
-class KVCache:
-    """Keys (after RoPE) and values of one sequence, per layer, indexed by absolute position.
+@dataclass
+class PackedBatch:
+    """The device tensors of one packed forward of B sequences (T tokens in all)."""
 
-    Unwritten positions hold zeros (what the reference's cached path leaves in a span it never
-    computes).
-    """
-
-    def __init__(self, config: DreamConfig, capacity: int, device: torch.device, dtype: torch.dtype):
-        shape = (config.num_key_value_heads, capacity, config.head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-
-    @property
-    def capacity(self) -> int:
-        return self.keys[0].shape[1]
-
-    def reserve(self, length: int) -> None:
-        """Grow (by doubling) so that positions [0, length) fit."""
-        if length <= self.capacity:
-            return
-        new = max(length, 2 * self.capacity)
-        for store in (self.keys, self.values):
-            for i, t in enumerate(store):
-                grown = t.new_zeros((t.shape[0], new, t.shape[2]))
-                grown[:, : t.shape[1]] = t
-                store[i] = grown
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T] RoPE positions
+    write_slots: torch.Tensor  # [T] pool slot of each token's key and value
+    read_slots: torch.Tensor  # [B, Lmax] pool slots of each sequence's keys (padded)
+    bias: torch.Tensor  # [B, 1, Tmax, Lmax] additive attention bias (dtype min = may not attend)
+    query_index: torch.Tensor | None  # [B, Tmax] packed row of each padded query; None when B == 1
+    packed_rows: torch.Tensor | None  # [T] row of each packed token in the flattened [B × Tmax]
 
 
 class Attention(nn.Module):
@@ -93,17 +78,28 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.heads * self.head_dim, hidden, bias=False)
 
-    def forward(self, x, cos, sin, positions, bias, keys, values):
-        """Tokens [T, hidden] at `positions`: their keys and values go into the cache first."""
-        q, k, v = self._project(x, cos, sin)
-        keys[:, positions] = k
-        values[:, positions] = v
-        length = bias.shape[-1]
-        return self._attend(q[None], keys[None, :, :length], values[None, :, :length], bias)[0]
-
     def forward_batch(self, x, cos, sin, bias):
         """Training: whole sequences [B, T, hidden], no cache, differentiable."""
         return self._attend(*self._project(x, cos, sin), bias)
+
+    def forward_packed(self, x, cos, sin, batch: PackedBatch, keys, values):
+        """Tokens of many sequences packed [T, hidden]; keys and values are written into the pool
+        first. Attention runs padded per sequence ([B, heads, Tmax, Lmax]: the batch dimension is
+        the request term of the layout rule), then the rows are packed again for o_proj."""
+        q, k, v = self._project(x, cos, sin)
+        keys[:, batch.write_slots] = k
+        values[:, batch.write_slots] = v
+        k, v = keys[:, batch.read_slots], values[:, batch.read_slots]  # [kv_heads, B, Lmax, d]
+        if batch.query_index is None:  # one sequence: nothing to pad
+            q = q[None]
+        else:
+            q = q[:, batch.query_index].transpose(0, 1)  # [B, heads, Tmax, d]
+        group = self.heads // self.kv_heads
+        k = k.transpose(0, 1).repeat_interleave(group, dim=1)
+        v = v.transpose(0, 1).repeat_interleave(group, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.bias).transpose(1, 2).flatten(-2)
+        out = out[0] if batch.query_index is None else out.flatten(0, 1)[batch.packed_rows]
+        return self.o_proj(out)
 
     def _project(self, x, cos, sin):
         """x [..., T, hidden] → q [..., heads, T, d] and k, v [..., kv_heads, T, d], q and k rotated."""
@@ -140,12 +136,12 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, positions, bias, keys, values):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, bias, keys, values)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
     def forward_batch(self, x, cos, sin, bias):
         x = x + self.self_attn.forward_batch(self.input_layernorm(x), cos, sin, bias)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward_packed(self, x, cos, sin, batch, keys, values):
+        x = x + self.self_attn.forward_packed(self.input_layernorm(x), cos, sin, batch, keys, values)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -173,28 +169,14 @@ class DreamNetwork(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
 
-    def new_cache(self, capacity: int) -> KVCache:
-        return KVCache(self.config, capacity, self.device, self.dtype)
-
     @torch.no_grad()
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        mask: torch.Tensor,
-        cache: KVCache,
-    ) -> torch.Tensor:
-        """Run tokens `input_ids` [T] at `positions` [T]; return final hidden states [T, hidden].
-
-        `mask` [T, L] (True = may attend) covers cache positions [0, L); the new keys and values are
-        written into `cache` at `positions` first, so a token sees itself and its fellow queries.
-        """
-        cache.reserve(int(positions.max()) + 1)
-        bias = self._bias(mask)[None, None]
-        cos, sin = self.rotary(positions, self.dtype)
-        x = self.model.embed_tokens(input_ids)
-        for layer, keys, values in zip(self.model.layers, cache.keys, cache.values):
-            x = layer(x, cos, sin, positions, bias, keys, values)
+    def forward_packed(self, batch: PackedBatch, pool) -> torch.Tensor:
+        """One forward of many sequences' tokens (`batch`), their keys and values kept in `pool`
+        (kv_pool.KVPool); the final hidden states [T, hidden] in packed order."""
+        cos, sin = self.rotary(batch.positions, self.dtype)
+        x = self.model.embed_tokens(batch.input_ids)
+        for layer, keys, values in zip(self.model.layers, pool.keys, pool.values):
+            x = layer.forward_packed(x, cos, sin, batch, keys, values)
         return self.model.norm(x)
 
     def _bias(self, mask: torch.Tensor) -> torch.Tensor:

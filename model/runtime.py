@@ -1,4 +1,5 @@
-"""One loaded checkpoint, and the single-request driver of the generation state machine."""
+"""One loaded checkpoint, and the single-request driver of the generation state machine (through
+the model runner's step, the one the workers' engine uses for many requests)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ from pathlib import Path
 import torch
 
 from .codec import DEFAULT_SYSTEM, TextCodec
-from .generation import Forward, LogitsProcessor, Phase, RequestState
+from .generation import LogitsProcessor, Phase, RequestState
 from .loading import Checkpoint, load_checkpoint
-from .network import KVCache
+from .model_runner import ModelRunner
 from .options import GenerationOptions
-from .layout import mask_rows
 from .result import GenerationResult
 
 
@@ -25,6 +25,7 @@ class ModelRuntime:
         self.tags = checkpoint.tags
         self.codec = TextCodec(checkpoint.tokenizer, checkpoint.profile, checkpoint.tags,
                                checkpoint.config.vocab_size, checkpoint.config.max_position_embeddings)
+        self._runner: ModelRunner | None = None
 
     @classmethod
     def load(cls, folder: str | Path, dtype: str | None = None, device: str = "cpu") -> ModelRuntime:
@@ -55,25 +56,25 @@ class ModelRuntime:
             plan=plan, logits_processor=logits_processor,
         )
 
-    def forward(self, state: RequestState, forward: Forward, cache: KVCache) -> torch.Tensor:
-        """Run one scheduled forward of `state`; return the logits of its logit positions."""
-        device = self.network.device
-        positions = torch.tensor(forward.positions, device=device)
-        ids = torch.tensor([state.tokens[p] for p in forward.positions], device=device)
-        mask = mask_rows(state.layout, positions, forward.key_length)
-        hidden = self.network(ids, positions, mask, cache)
-        row = {p: i for i, p in enumerate(forward.positions)}
-        rows = torch.tensor([row[p] for p in forward.logit_positions], device=device, dtype=torch.long)
-        return self.network.logits(hidden[rows]).cpu()
+    @property
+    def runner(self) -> ModelRunner:
+        """The model runner (and its KV pool) of this runtime, made on first use."""
+        if self._runner is None:
+            self._runner = ModelRunner(self.network)
+        return self._runner
 
     def run(self, state: RequestState) -> RequestState:
-        """Drive one request to the end, alone."""
-        cache = self.network.new_cache(len(state.tokens) + 64)
-        while state.phase is not Phase.DONE:
-            forward = state.schedule()
-            if forward.fresh_cache:
-                cache = self.network.new_cache(forward.key_length)
-            state.advance(forward, self.forward(state, forward, cache))
+        """Drive one request to the end, alone: the model runner's step, one request per step."""
+        seq = self.runner.admit(state)
+        if seq is None:
+            raise RuntimeError("the KV pool is held by other requests; drive concurrent requests through an engine")
+        try:
+            while state.phase is not Phase.DONE:
+                error, = self.runner.step([seq])
+                if error is not None:
+                    raise error
+        finally:
+            self.runner.release(seq)
         return state
 
     def generate(

@@ -38,7 +38,7 @@ def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
 def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
     """One autoregressive token from last-position logits [vocab] (already filtered)."""
     if sampling.temperature > 0:
-        probs = torch.softmax(logits, dim=-1)
+        probs = on_generator_device(torch.softmax(logits, dim=-1), generator)
         return int(torch.multinomial(probs, 1, generator=generator))
     return int(torch.argmax(logits))
 
@@ -53,6 +53,7 @@ def propose(
     """
     probs = torch.softmax(filter_logits(logits, sampling), dim=-1)
     if sampling.temperature > 0:
+        probs = on_generator_device(probs, generator)
         x0 = torch.multinomial(probs.float(), 1, generator=generator).squeeze(-1)
         confidence = probs.gather(-1, x0[:, None]).squeeze(-1)
     else:
@@ -63,6 +64,11 @@ def propose(
         top2 = torch.topk(probs, 2, dim=-1).values
         return x0, top2[:, 0] - top2[:, 1]
     return x0, confidence
+
+
+def on_generator_device(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """A seeded request samples with its own (host) generator, whatever device the logits are on."""
+    return probs if generator is None or generator.device == probs.device else probs.to(generator.device)
 
 
 def diffusion_steps(longest_span: int, steps_ratio: float) -> int:

@@ -78,12 +78,13 @@ def test_exact_refresh_costs_no_extra_forward(compact):
 def drive(runtime, options, plan):
     """Run a request alone, recording every forward's phase and positions."""
     state = runtime.new_state(runtime.encode_prompt("x"), options, runtime.encode_plan(plan))
-    cache = runtime.network.new_cache(64)
+    seq = runtime.runner.admit(state)
     log = []
     while state.phase is not Phase.DONE:
         forward = state.schedule()
         log.append((state.phase, list(forward.positions), [s for s in state._spans]))
-        state.advance(forward, runtime.forward(state, forward, cache))
+        assert runtime.runner.step([seq], [forward]) == [None]
+    runtime.runner.release(seq)
     return state, log
 
 

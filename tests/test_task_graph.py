@@ -18,14 +18,12 @@ def replay(runtime, options, plan=None, processor=None, prompt="x"):
     state = runtime.new_state(runtime.encode_prompt(prompt), options,
                               runtime.encode_plan(plan) if plan else None, processor)
     graph = TaskGraph("r", runtime.codec, options)
-    cache = runtime.network.new_cache(len(state.tokens) + 64)
+    seq = runtime.runner.admit(state)
     out = []
     while state.phase.value != "done":
-        forward = state.schedule()
-        if forward.fresh_cache:
-            cache = runtime.network.new_cache(forward.key_length)
-        state.advance(forward, runtime.forward(state, forward, cache))
+        assert runtime.runner.step([seq]) == [None]
         out += graph.apply(state.drain())
+    runtime.runner.release(seq)
     result = runtime.result(state)
     return out + graph.final_text(result.text), graph, result
 

@@ -1,11 +1,15 @@
-"""A worker: one loaded model serving generation *phases* for many requests.
+"""A worker: one loaded model serving generation *phases* for many requests, through one batched
+engine (engine.py): every request with a phase running shares each forward.
 
 A phase is "plan until the round's plan ends" or "denoise the round's spans until they are joined";
-`plan` / `denoise` stream one phase's events. The worker keeps each request's state and KV cache
+`plan` / `denoise` stream one phase's events. The worker keeps each request's state and KV memory
 between phases (`open` … `release`), so every phase of a request must come back to the worker that
-holds it. `generate` runs all of a request's phases in one streaming call, for callers with nothing
-to decide between phases. Until the batched engine exists, concurrent phases take turns, one
-forward each.
+holds it; between its phases a request is paused in the engine. `generate` runs all of a request's
+phases in one streaming call, for callers with nothing to decide between phases.
+
+One drive task per event loop steps the engine while any phase runs and hands each request's events
+to its stream; it gives the loop a turn after every step, so requests join, cancel and read their
+events between forwards.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import torch
@@ -21,36 +25,48 @@ import torch
 from plandiff.model import GenerationOptions, GenerationResult, InvalidRequestError, ModelRuntime
 from plandiff.model.events import RequestEvent, RoundJoined, SpanRetried
 from plandiff.model.generation import Phase, RequestState
-from plandiff.model.network import KVCache
 
+from .engine import Engine
 from .logs import get_logger
 
 PhaseName = str  # "plan" or "denoise"
-YIELD_INTERVAL = 0.02  # seconds a lone request may hold the event loop
 PHASES = {"plan": Phase.PLAN, "denoise": Phase.DENOISE}
+IDLE_WAIT = 0.005  # seconds the drive task sleeps when running phases wait for KV memory
+END = object()  # a phase stream's last item
 
 
 @dataclass
 class Slot:
     state: RequestState
-    cache: KVCache
+    phases: set[Phase] = field(default_factory=set)  # the phases its running stream covers (empty: paused)
+    interval: float = 0.0  # seconds to gather events before handing them over
+    queue: asyncio.Queue | None = None
+    pending: list[RequestEvent] = field(default_factory=list)
+    flushed: float = 0.0
     cancelled: bool = False
 
 
 class Worker:
-    def __init__(self, model: str, dtype: str | None = None, device: str = "cpu", name: str = "worker",
-                 flush_interval: float = 0.0):
+    def __init__(self, model: str | ModelRuntime, dtype: str | None = None, device: str = "cpu", name: str = "worker",
+                 flush_interval: float = 0.0, max_tokens_per_step: int = 8192, max_requests: int = 64):
         """`flush_interval`: seconds to gather a phase's events before yielding them (0 = after every
-        forward); across Ray each yielded item costs a message, so remote workers batch."""
+        forward); across Ray each yielded item costs a message, so remote workers batch.
+        `max_tokens_per_step`, `max_requests`: the engine's token budget and admission limit.
+        `model`: a checkpoint folder, or a loaded runtime (benchmarks build random weights in place)."""
         self.name = name
         self.flush_interval = flush_interval
-        self.runtime = ModelRuntime.load(model, dtype=dtype, device=device)
+        self.runtime = model if isinstance(model, ModelRuntime) else ModelRuntime.load(model, dtype=dtype, device=device)
+        self.engine = Engine(self.runtime.runner, max_tokens_per_step, max_requests)
         self.slots: dict[str, Slot] = {}
-        self.forwards = 0
-        self.running = 0  # requests in a phase right now
-        self.busy_seconds = 0.0  # time spent in forwards and state updates
+        self.busy_seconds = 0.0  # time spent in engine steps (forwards and state updates)
+        self._driver: asyncio.Task | None = None
         self.log = get_logger("plandiff.worker", worker=name, pid=os.getpid())
-        self.log.info("worker_ready", model=str(model), device=device)
+        self.log.info("worker_ready", model=str(model) if not isinstance(model, ModelRuntime) else "in memory",
+                      device=str(self.runtime.network.device))
+
+    @property
+    def forwards(self) -> int:
+        return self.engine.steps
 
     def open(
         self,
@@ -60,13 +76,15 @@ class Worker:
         plan: list[list[int]] | None = None,
         resume: list[int] | None = None,
     ) -> None:
-        """Create the request's state (and replay `resume`, its committed tokens, if given)."""
+        """Create the request's state (and replay `resume`, its committed tokens, if given); it
+        waits in the engine, paused, for its first phase (admitted once its KV memory fits)."""
         if request_id in self.slots:
             raise InvalidRequestError(f"request {request_id} is already open on {self.name}")
         state = self.runtime.new_state(prompt_ids, options, plan)
         if resume:
             state.resume(resume)
-        self.slots[request_id] = Slot(state, self.runtime.network.new_cache(len(state.tokens) + 64))
+        self.engine.add(request_id, state, paused=True)
+        self.slots[request_id] = Slot(state)
         self.log.info("request_opened", request_id=request_id, resumed_tokens=len(resume or ()))
 
     async def run_phase(self, request_id: str, phase: PhaseName) -> AsyncIterator[list[RequestEvent] | GenerationResult]:
@@ -98,52 +116,72 @@ class Worker:
         finally:
             self.release(request_id)
 
-    async def _run(self, request_id: str, slot: Slot, phases: set[Phase], flush_interval: float):
-        self.running += 1
+    async def _run(self, request_id: str, slot: Slot, phases: set[Phase], interval: float):
+        """Un-pause the request for `phases`, and hand over what the drive task queues for it."""
+        slot.phases, slot.interval = phases, interval
+        slot.queue, slot.pending, slot.flushed = asyncio.Queue(), [], time.monotonic()
+        self.engine.pause(request_id, False)
+        if self._driver is None or self._driver.done():
+            self._driver = asyncio.get_running_loop().create_task(self._drive())
         try:
-            async for item in self._steps(request_id, slot, phases, flush_interval):
+            while (item := await slot.queue.get()) is not END:
+                if isinstance(item, Exception):
+                    raise item
                 yield item
         finally:
-            self.running -= 1
+            self._stop(request_id, slot)
 
-    async def _steps(self, request_id: str, slot: Slot, phases: set[Phase], flush_interval: float):
-        """Forward by forward while the request is in one of `phases`."""
-        state = slot.state
-        log = self.log.bind(request_id=request_id)
-        pending: list[RequestEvent] = []
-        flushed = yielded = time.monotonic()
-        while state.phase in phases and not slot.cancelled:
-            forward = state.schedule()
-            if forward.fresh_cache:
-                slot.cache = self.runtime.network.new_cache(forward.key_length)
+    def _stop(self, request_id: str, slot: Slot) -> None:
+        """The phase stream ended (or its reader left): hold the request without stepping it."""
+        slot.phases = set()
+        self.engine.pause(request_id, True)
+
+    async def _drive(self) -> None:
+        """Step the engine while any phase runs; route each request's events to its stream."""
+        while True:
+            for request_id, slot in list(self.slots.items()):
+                if slot.phases and slot.cancelled:
+                    self.log.info("request_cancelled", request_id=request_id, round=slot.state.round.index)
+                    self._stop(request_id, slot)
+                    slot.queue.put_nowait(END)
+            if not any(slot.phases for slot in self.slots.values()):
+                return
             started = time.perf_counter()
-            state.advance(forward, self.runtime.forward(state, forward, slot.cache))
+            outputs = self.engine.step()
             self.busy_seconds += time.perf_counter() - started
-            self.forwards += 1
-            events = state.drain()
-            for event in events:
-                if isinstance(event, SpanRetried):
-                    log.info("span_retried", round=event.round, span=event.index, previous=event.previous,
-                             length=event.length)
-                elif isinstance(event, RoundJoined):
-                    log.info("round_joined", round=event.round, stop=event.stop)
-            pending += events
-            joined = any(isinstance(e, RoundJoined) for e in events)
-            if state.phase in phases and (joined or time.monotonic() - flushed >= flush_interval):
-                yield pending
-                pending, flushed = [], time.monotonic()
-            # Turns: one forward each while other requests are running here; alone, still give
-            # the event loop (an in-process caller, a cancel) a turn every YIELD_INTERVAL.
-            if self.running > 1 or time.monotonic() - yielded >= YIELD_INTERVAL:
-                await asyncio.sleep(0)
-                yielded = time.monotonic()
-        if slot.cancelled:
-            log.info("request_cancelled", round=state.round.index)
+            for output in outputs:
+                self._deliver(output)
+            await asyncio.sleep(0 if outputs else IDLE_WAIT)
+
+    def _deliver(self, output) -> None:
+        slot = self.slots.get(output.request_id)
+        if slot is None or not slot.phases:
             return
-        if pending:
-            yield pending
-        if state.phase is Phase.DONE:
-            yield self.runtime.result(state)
+        state = output.state
+        for event in output.events:
+            if isinstance(event, SpanRetried):
+                self.log.info("span_retried", request_id=output.request_id, round=event.round, span=event.index,
+                              previous=event.previous, length=event.length)
+            elif isinstance(event, RoundJoined):
+                self.log.info("round_joined", request_id=output.request_id, round=event.round, stop=event.stop)
+        slot.pending += output.events
+        if output.error is not None:
+            slot.queue.put_nowait(output.error)
+        elif state.phase in slot.phases:
+            joined = any(isinstance(e, RoundJoined) for e in output.events)
+            if joined or time.monotonic() - slot.flushed >= slot.interval:
+                slot.queue.put_nowait(slot.pending)
+                slot.pending, slot.flushed = [], time.monotonic()
+            return
+        else:
+            if slot.pending:
+                slot.queue.put_nowait(slot.pending)
+            if state.phase is Phase.DONE:
+                slot.queue.put_nowait(self.runtime.result(state))
+        slot.pending = []
+        slot.phases = set()
+        self.engine.pause(output.request_id, True)
+        slot.queue.put_nowait(END)
 
     def plan(self, request_id: str):
         return self.run_phase(request_id, "plan")
@@ -152,16 +190,18 @@ class Worker:
         return self.run_phase(request_id, "denoise")
 
     def cancel(self, request_id: str) -> bool:
-        """Stop the request's running phase at its next forward boundary."""
+        """Stop the request's running phase at its next step boundary (a flag: Ray calls this from
+        its control thread while the engine steps)."""
         slot = self.slots.get(request_id)
         if slot is not None:
             slot.cancelled = True
         return slot is not None
 
     def release(self, request_id: str) -> bool:
-        """Free the request's state and KV cache."""
+        """Free the request's state and KV memory."""
         slot = self.slots.pop(request_id, None)
         if slot is not None:
+            self.engine.abort(request_id)
             self.log.info("request_released", request_id=request_id)
         return slot is not None
 
@@ -170,7 +210,7 @@ class Worker:
             "name": self.name,
             "pid": os.getpid(),
             "requests": len(self.slots),
-            "kv_cache_bytes": sum(s.cache.nbytes() for s in self.slots.values()),
+            **self.engine.stats(),
             "forwards": self.forwards,
             "busy_seconds": self.busy_seconds,
             "threads": torch.get_num_threads(),

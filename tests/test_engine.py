@@ -1,0 +1,153 @@
+"""The batched engine: batching changes nothing, memory leaves with the request, and through the
+local executor many requests share forwards."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from plandiff.model import GenerationOptions, ModelRuntime
+from plandiff.model.codec import TextCodec
+from plandiff.model.generation import Phase
+from plandiff.model.random_checkpoint import build_random_checkpoint
+from plandiff.orchestrator.executors import LocalExecutor
+from plandiff.orchestrator.orchestrator import GenerateRequest, Orchestrator
+from plandiff.workers.engine import Engine
+
+PLAN = ("<promise>-<topic>alpha 2</topic><promise>-<topic>beta 4</topic><sync/>"
+        "<promise>-<topic>gamma 1</topic><|im_end|>")
+SHORT = "<promise>-<topic>a 1</topic><promise>-<topic>b 3</topic><promise>-<topic>c 0</topic><|im_end|>"
+DEMO = Path(__file__).parents[1] / "model" / "demo" / "pd"
+
+# (prompt, plan, options): planned and autoregressive, dense and sparse, each order, both refresh
+# schemes, an overflow retry (the random model never writes [PAD]: every span overflows), sampling.
+FORCED = [
+    ("a", PLAN, GenerationOptions()),
+    ("bb", PLAN, GenerationOptions(dense=True, order="confidence")),
+    ("c", SHORT, GenerationOptions(order="margin", kv_refresh="reference")),
+    ("dd", PLAN, GenerationOptions(order="threshold", threshold=0.5, steps_ratio=0.5)),
+    ("e", SHORT, GenerationOptions(order="adaptive", threshold=0.3, dense=True, kv_refresh="reference")),
+    ("f", None, GenerationOptions(mode="autoregressive", max_new_tokens=24)),
+    ("g", SHORT, GenerationOptions(on_overflow="retry", max_span_length=40)),
+    ("h", None, GenerationOptions(mode="diffusion", max_new_tokens=12, steps_ratio=0.5)),
+    ("i", PLAN, GenerationOptions(temperature=0.9, seed=3, top_p=0.9)),
+    ("j", None, GenerationOptions(max_new_tokens=20)),
+    ("k", PLAN, GenerationOptions(kv_cache=False, max_new_tokens=200)),
+]
+
+
+def alone(runtime, prompt, plan, options):
+    state = runtime.new_state(runtime.encode_prompt(prompt), options, runtime.encode_plan(plan) if plan else None)
+    runtime.run(state)
+    return state
+
+
+def batched(runtime, cases, join_at, abort_at):
+    """All cases through one engine: those in `join_at` added at that step, the extra request
+    `abort_at` names aborted at that step; each request's events, drained step by step."""
+    engine = Engine(runtime.runner, max_tokens_per_step=64, max_requests=6)
+    states, events = {}, {}
+    pending = []
+    for i, (prompt, plan, options) in enumerate(cases):
+        state = runtime.new_state(runtime.encode_prompt(prompt), options, runtime.encode_plan(plan) if plan else None)
+        states[i], events[i] = state, []
+        pending.append((join_at.get(i, 0), i))
+    victim = runtime.new_state(runtime.encode_prompt("victim"), GenerationOptions(), runtime.encode_plan(PLAN))
+    engine.add("victim", victim)
+    step = 0
+    while pending or engine.has_work():
+        for when, i in [p for p in pending if p[0] <= step]:
+            engine.add(str(i), states[i])
+            pending.remove((when, i))
+        if step == abort_at:
+            assert engine.abort("victim") and not engine.abort("victim")
+        for output in engine.step():
+            assert output.error is None
+            if output.request_id != "victim":
+                events[int(output.request_id)] += output.events
+        step += 1
+    assert victim.phase is not Phase.DONE  # it was cut off midway
+    assert engine.stats()["running"] == engine.stats()["waiting"] == engine.stats()["kv_cache_bytes"] == 0
+    assert len(runtime.runner.pool.free_blocks) == runtime.runner.pool.blocks
+    return states, events, engine.steps
+
+
+def test_batching_changes_nothing_forced_plans(compact):
+    solo = [alone(compact, *case) for case in FORCED]
+    states, events, steps = batched(compact, FORCED, join_at={3: 4, 7: 11, 10: 30}, abort_at=6)
+    for i, state in states.items():
+        assert state.tokens == solo[i].tokens, FORCED[i]
+        assert state.forwards == solo[i].forwards and state.finish_reason == solo[i].finish_reason
+        assert events[i] == solo[i].events
+    assert steps < sum(s.forwards for s in solo)  # shared forwards, within a 64-token budget
+
+
+PEOPLE = ("Read about these people. Maya is 34 years old, lives in Oslo, works as a nurse and has a cat. "
+          "Omar is 51 years old, lives in Lima, works as a pilot and has a dog. Tell me about each person.")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return ModelRuntime.load(DEMO)
+
+
+def test_batching_changes_nothing_chosen_plans(demo):
+    """The demo model plans itself; at length_scale 3 its spans get 0.3 of the slots they promised,
+    so they overflow and are retried or re-planned."""
+    cases = [(PEOPLE, None, GenerationOptions(order="adaptive", threshold=0.99, max_new_tokens=400)),
+             (PEOPLE, None, GenerationOptions(on_overflow="replan", length_scale=3, max_new_tokens=400)),
+             (PEOPLE.replace("Maya", "Ana"), None, GenerationOptions(on_overflow="retry", length_scale=3,
+                                                                    order="adaptive", threshold=0.9)),
+             (PEOPLE, None, GenerationOptions(mode="autoregressive", max_new_tokens=60)),
+             (PEOPLE.replace("34", "27"), None, GenerationOptions(dense=True, steps_ratio=0.5))]
+    solo = [alone(demo, *case) for case in cases]
+    states, events, _ = batched(demo, cases, join_at={2: 5}, abort_at=2)
+    for i, state in states.items():
+        assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
+    assert solo[1].replans > 0 and solo[2].retries > 0  # overflow handling was exercised
+
+
+def test_a_full_pool_makes_requests_wait(compact):
+    from plandiff.model.kv_pool import KVPool
+    from plandiff.model.model_runner import ModelRunner
+
+    options = GenerationOptions(max_new_tokens=100)
+    prompt = compact.encode_prompt("x")
+    room = len(prompt) + 100
+    runner = ModelRunner(compact.network, KVPool(compact.network.config, "cpu", compact.network.dtype, 2 * room + 16))
+    engine = Engine(runner)
+    states = {str(i): compact.new_state(prompt, options, compact.encode_plan(SHORT)) for i in range(3)}
+    for rid, state in states.items():
+        engine.add(rid, state)
+    assert engine.stats()["running"] == 2 and engine.stats()["waiting"] == 1
+    engine.run({})
+    reference = alone(compact, "x", SHORT, options).tokens
+    assert all(s.tokens == reference for s in states.values())
+
+
+def test_sixteen_concurrent_requests_share_forwards(tmp_path):
+    """CPU, the demo model, the local executor: 16 requests at once need at most half the forwards
+    of the same requests one by one, with the same answers."""
+    executor = LocalExecutor(str(DEMO))
+    orchestrator = Orchestrator(executor, TextCodec.load(DEMO))
+    options = GenerationOptions(order="adaptive", threshold=0.99, max_new_tokens=400)
+    prompts = [f"Maya is {20 + i} years old and lives in Oslo. Omar is {30 + i} years old and lives in Lima. "
+               "Tell me about each person." for i in range(16)]
+    worker = executor.workers[0].worker
+
+    async def one(prompt):
+        return (await orchestrator.complete(GenerateRequest(prompt=prompt, options=options))).text
+
+    async def one_by_one():
+        return [await one(p) for p in prompts]
+
+    async def together():
+        return await asyncio.gather(*(one(p) for p in prompts))
+
+    before = worker.stats()["forwards"]
+    sequential = asyncio.run(one_by_one())
+    middle = worker.stats()["forwards"]
+    concurrent = asyncio.run(together())
+    after = worker.stats()["forwards"]
+    assert concurrent == sequential
+    assert after - middle <= (middle - before) / 2

@@ -1,0 +1,102 @@
+"""The batched engine: many requests' steps in one forward.
+
+    add(request_id, state) · abort(request_id) · step() = schedule → one packed forward
+    (model_runner.ModelRunner.step) → every picked request's state machine advanced → its events
+
+Continuous batching: a request joins at any step (once admitted, scheduler.py) and leaves the
+moment it finishes, fails or is aborted, freeing its KV memory for the next waiting request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from plandiff.model.events import RequestEvent
+from plandiff.model.generation import Phase, RequestState
+from plandiff.model.kv_pool import BLOCK, bytes_per_position
+from plandiff.model.model_runner import ModelRunner
+
+from .scheduler import Entry, Scheduler
+
+
+@dataclass
+class StepOutput:
+    request_id: str
+    state: RequestState
+    events: list[RequestEvent] = field(default_factory=list)
+    error: Exception | None = None  # what its advance raised; the request has left the engine
+
+    @property
+    def finished(self) -> bool:
+        return self.error is not None or self.state.phase is Phase.DONE
+
+
+class Engine:
+    def __init__(self, runner: ModelRunner, max_tokens_per_step: int = 8192, max_requests: int = 64):
+        self.runner = runner
+        self.scheduler = Scheduler(runner, max_tokens_per_step, max_requests)
+
+    def add(self, request_id: str, state: RequestState, paused: bool = False) -> None:
+        if request_id in self.scheduler.running or any(e.request_id == request_id for e in self.scheduler.waiting):
+            raise ValueError(f"request {request_id} is already in the engine")
+        self.scheduler.add(Entry(request_id, state, paused=paused))
+
+    def abort(self, request_id: str) -> bool:
+        """Drop the request (running or waiting) and free its memory at once."""
+        return self.scheduler.remove(request_id) is not None
+
+    def pause(self, request_id: str, paused: bool = True) -> None:
+        """Hold a request (and its memory) without stepping it, or let it step again."""
+        entry = self.scheduler.running.get(request_id) or next(
+            (e for e in self.scheduler.waiting if e.request_id == request_id), None)
+        if entry is not None:
+            entry.paused = paused
+
+    def admitted(self, request_id: str) -> bool:
+        return request_id in self.scheduler.running
+
+    @property
+    def steps(self) -> int:
+        return self.scheduler.steps
+
+    def has_work(self) -> bool:
+        s = self.scheduler
+        return any(not e.paused for e in s.running.values()) or any(not e.paused for e in s.waiting)
+
+    def step(self) -> list[StepOutput]:
+        """One forward for the requests the scheduler picks; their events (none picked: [])."""
+        entries, forwards = self.scheduler.schedule()
+        if not entries:
+            return []
+        errors = self.runner.step([e.seq for e in entries], forwards)
+        outputs = []
+        for entry, error in zip(entries, errors):
+            output = StepOutput(entry.request_id, entry.state, entry.state.drain(), error)
+            if output.finished:
+                self.scheduler.remove(entry.request_id)
+            outputs.append(output)
+        return outputs
+
+    def run(self, states: dict[str, RequestState]) -> dict[str, RequestState]:
+        """Drive these requests together to their ends (a batch with nobody waiting on events)."""
+        for request_id, state in states.items():
+            self.add(request_id, state)
+        while self.has_work():
+            for output in self.step():
+                if output.error is not None:
+                    raise output.error
+        return states
+
+    def kv_bytes_held(self) -> int:
+        pool = self.runner.pool
+        held = sum(len(e.seq.blocks) for e in self.scheduler.running.values())
+        return held * BLOCK * bytes_per_position(pool.config, pool.dtype)
+
+    def stats(self) -> dict:
+        pool = self.runner.pool
+        return {
+            "running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
+            "kv_cache_bytes": self.kv_bytes_held(), "kv_pool_bytes": pool.nbytes(),
+            "kv_pool_positions": pool.max_blocks * BLOCK, "kv_free_positions": len(pool.free_blocks) * BLOCK
+            + (pool.max_blocks - pool.blocks) * BLOCK,
+        }
