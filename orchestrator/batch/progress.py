@@ -24,7 +24,7 @@ class Progress:
             self.bar = tqdm(total=total, unit="item", desc="batch", file=sys.stderr)
         # Its own logger: progress is the command's output, shown whatever --log-level filters.
         self.log = structlog.wrap_logger(
-            structlog.PrintLogger(sys.stderr),
+            structlog.PrintLogger(sys.stderr), wrapper_class=structlog.BoundLogger,
             processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
                         structlog.processors.JSONRenderer()])
 

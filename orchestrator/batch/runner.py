@@ -174,6 +174,10 @@ def run_batch(settings: BatchSettings, input_path: str, output_path: str, summar
     """Run a whole batch (start the workers, run, stop them); its summary, also written as JSON."""
     if not Path(input_path).is_file():
         raise InvalidRequestError(f"input file {input_path} does not exist", field="input")
+    if not Path(output_path).resolve().parent.is_dir():
+        raise InvalidRequestError(f"the output's folder {Path(output_path).parent} does not exist", field="output")
+    if Path(output_path).resolve() == Path(input_path).resolve():
+        raise InvalidRequestError("the output must not be the input file", field="output")
     codec = TextCodec.load(settings.model)
     executor = build_batch_executor(settings)
 
