@@ -3,9 +3,9 @@ node (issue 16).
 
 The head node is started as a user would (`ray start --head` on 127.0.0.1, token auth: Ray 2.59+
 enforces it on clusters it starts, and `ray job submit` fails without it; docs/batch.md), on free
-ports with its own temp folder. Every process of that cluster carries a marker in its environment,
-and teardown stops exactly those processes: `ray stop` would stop every Ray cluster of the machine,
-other tests' included."""
+ports with its own temp folder. Teardown finds that cluster's processes (a marker in their
+environment, the folder in their command line, their working folder or open files) and stops
+exactly those: `ray stop` would stop every Ray cluster of the machine, other tests' included."""
 
 from __future__ import annotations
 
@@ -34,21 +34,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def marked(value: str) -> list[int]:
-    """Pids of the processes whose environment holds MARKER=value."""
+def marked(value: str, folder: Path) -> list[int]:
+    """Pids of the head node's processes: those whose environment holds MARKER=value, whose command
+    line names its temp folder (GCS, raylet), or that run in it or hold files in it (its logs). Ray's
+    agents retitle themselves, which can overwrite their environment's bytes: the marker alone misses them."""
     needle = f"{MARKER}={value}".encode()
     pids = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    pids.append(int(entry))
+                environ = f.read().split(b"\0")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            files = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")]
         except OSError:
             continue
+        inside = cwd == str(folder) or any(f.startswith(f"{folder}/") for f in files)  # its logs, its sockets
+        if needle in environ or str(folder).encode() in cmdline or inside:
+            pids.append(int(entry))
     return pids
 
 
-def stop(pids_of, timeout: float = 15.0) -> None:
+def stop(pids_of, timeout: float = 3.0) -> None:
     """SIGTERM the marked processes, then SIGKILL what is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids_of():
@@ -83,24 +91,27 @@ def head(tmp_path_factory):
              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
              "--temp-dir", str(folder), "--disable-usage-stats"]
     try:
-        started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
+        folder.mkdir()
+        started = subprocess.run(start, env=env, cwd=folder, capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stderr[-3000:]
-        yield env, f"http://127.0.0.1:{dashboard}", ray_cli
+        yield env, f"http://127.0.0.1:{dashboard}", ray_cli, folder
     finally:
-        stop(lambda: marked(tag))
+        stop(lambda: marked(tag, folder))
+        left = marked(tag, folder)
         shutil.rmtree(folder, ignore_errors=True)
+        assert not left, f"the head node's processes {left} outlived SIGKILL"
 
 
 def submit(head, *entrypoint: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env, address, ray_cli = head
+    env, address, ray_cli, _ = head
     return subprocess.run([ray_cli, "job", "submit", "--address", address, "--", *entrypoint], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def worker_actors(tag: str) -> list[int]:
+def worker_actors(tag: str, folder: Path) -> list[int]:
     """Pids of the head node's plandiff worker actors (Ray titles them ray::WorkerActor…)."""
     pids = []
-    for pid in marked(tag):
+    for pid in marked(tag, folder):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if f.read().startswith(b"ray::WorkerActor"):
@@ -111,16 +122,16 @@ def worker_actors(tag: str) -> list[int]:
 
 
 def test_plandiff_batch_as_a_ray_job_on_two_workers_survives_losing_one(head, compact_folder, tmp_path):
-    rows = [{"id": i, "prompt": f"item {i}: tell me about {i * 3}"} for i in range(40)]
+    rows = [{"id": i, "prompt": f"item {i}: tell me about {i * 3}"} for i in range(32)]
     rows.append({"id": "bad", "prompt": "x", "top_p": 2})
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    options = ["--model", str(compact_folder), "--max-new-tokens", "48", "--log-level", "ERROR"]
+    options = ["--model", str(compact_folder), "--max-new-tokens", "40", "--log-level", "ERROR"]
     assert cli.main(["batch", *options, "--input", str(source), "--output", str(tmp_path / "ref.jsonl")]) == 0
     expected = {r["id"]: r.get("text") for r in map(json.loads, (tmp_path / "ref.jsonl").read_text().splitlines())}
 
     output = tmp_path / "out.jsonl"
-    env, address, ray_cli = head
+    env, address, ray_cli, folder = head
     job = subprocess.Popen(
         [ray_cli, "job", "submit", "--address", address, "--", shutil.which("plandiff") or "plandiff", "batch",
          "--executor", "ray", "--workers", "2", *options, "--input", str(source), "--output", str(output),
@@ -132,7 +143,7 @@ def test_plandiff_batch_as_a_ray_job_on_two_workers_survives_losing_one(head, co
         assert job.poll() is None, job.stdout.read()[-4000:]
         assert time.monotonic() < deadline, "no progress"
         time.sleep(0.05)
-    victims = worker_actors(env[MARKER])
+    victims = worker_actors(env[MARKER], folder)
     assert len(victims) == 2
     os.kill(victims[0], signal.SIGKILL)
     log, _ = job.communicate(timeout=240)
@@ -140,12 +151,12 @@ def test_plandiff_batch_as_a_ray_job_on_two_workers_survives_losing_one(head, co
     assert "succeeded" in log  # the job's own status line
 
     records = [json.loads(line) for line in output.read_text().splitlines()]
-    assert sorted(r["line"] for r in records) == list(range(1, 42))  # every line, once
+    assert sorted(r["line"] for r in records) == list(range(1, 34))  # every line, once
     by_id = {r["id"]: r for r in records}
     assert by_id["bad"]["error"]["field"] == "top_p"
-    assert {i: by_id[i]["text"] for i in range(40)} == {i: expected[i] for i in range(40)}  # greedy, as in-process
+    assert {i: by_id[i]["text"] for i in range(32)} == {i: expected[i] for i in range(32)}  # greedy, as in-process
     summary = json.loads((tmp_path / "out.summary.json").read_text())
-    assert summary["succeeded"] == 40 and summary["workers"] == 2
+    assert summary["succeeded"] == 32 and summary["workers"] == 2
     moved = sum(r["usage"]["failovers"] for r in records if "usage" in r) + summary["retried"]
     assert moved >= 1, "the killed worker's requests were not moved"
     assert set(summary["per_worker"]) == {"worker-0", "worker-1"}  # both fed
@@ -167,7 +178,7 @@ def test_plandiff_predictor_in_a_ray_data_pipeline(head, compact_folder, tmp_pat
         ds = ray.data.from_items(rows).map_batches(
             PlandiffPredictor, fn_constructor_kwargs={{"model": {str(compact_folder)!r},
                                                       "options": {{"max_new_tokens": 16}}}},
-            concurrency=2, num_cpus=0.5, batch_size=4)
+            concurrency=1, num_cpus=1, batch_size=4)
         with open({str(output)!r}, "w") as f:
             json.dump(ds.take_all(), f, default=str)
     """))
