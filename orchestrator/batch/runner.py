@@ -52,7 +52,13 @@ class Batch:
         self.progress = Progress(self.tally.total, tty, settings.progress_interval)
         self.log = get_logger("plandiff.batch")
 
+    async def _worker_stats(self) -> dict[str, dict]:
+        """Each worker's counters (forwards, busy seconds); a worker that does not answer is left out."""
+        stats = await asyncio.gather(*(w.stats() for w in self.executor.workers), return_exceptions=True)
+        return {w.name: s for w, s in zip(self.executor.workers, stats) if isinstance(s, dict)}
+
     async def run(self) -> dict:
+        before = await self._worker_stats()
         written = self.results.written
         if written.torn_bytes or written.unreadable:
             self.log.warning("output_repaired", torn_bytes=written.torn_bytes, unreadable_lines=written.unreadable)
@@ -89,6 +95,14 @@ class Batch:
                 task.cancel()
             self.progress.close()
             self.results.close()
+        after = await self._worker_stats()
+        for name, end in after.items():  # a restarted worker counts from zero again
+            start = before.get(name, {})
+            forwards = end.get("forwards", 0) - start.get("forwards", 0)
+            busy = end.get("busy_seconds", 0.0) - start.get("busy_seconds", 0.0)
+            entry = self.tally.per_worker[name]
+            entry["forwards"] = forwards if forwards >= 0 else end.get("forwards", 0)
+            entry["busy_seconds"] = round(busy if busy >= 0 else end.get("busy_seconds", 0.0), 3)
         return self.tally.as_dict(input=self.input_path, output=self.results.path,
                                   workers=len(self.executor.workers),
                                   max_in_flight_per_worker=self.settings.max_in_flight_per_worker)

@@ -73,5 +73,6 @@ def render(summary: dict) -> str:
         f"p99 {summary['latency_p99_seconds']} s",
     ]
     for name, w in summary["per_worker"].items():
-        lines.append(f"  {name}: {w['items']} items, {w['generated_tokens']} generated tokens")
+        busy = f", {w['forwards']} forwards, busy {w['busy_seconds']} s" if "busy_seconds" in w else ""
+        lines.append(f"  {name}: {w['items']} items, {w['generated_tokens']} generated tokens{busy}")
     return "\n".join(lines)
