@@ -22,7 +22,7 @@ from .events import (
     SpanRetried,
 )
 from .layout import CAUSAL, Layout
-from .options import GenerationOptions
+from .options import GenerationOptions, Sampling
 from .plan_constraint import banned_plan_tokens, bounded_number_tokens, promise_bounds, span_length, validate_plan
 from .plan_parser import Malformed, PlanParser, RoundEnd, PromiseClosed
 from .tags import TagVocabulary
@@ -79,6 +79,38 @@ class Forward:
     key_length: int  # attend over cache positions [0, key_length)
     logit_positions: list[int]  # positions whose logits are needed (a subset of `positions`)
     fresh_cache: bool = False  # start from an empty cache (kv_cache=False, or a resumed request)
+
+
+# A step's decision: the planning token, or the denoising proposals (x0 per row, scores on the host).
+Decision = int | tuple[list[int], torch.Tensor]
+
+
+def decide(group: tuple | None, logits: torch.Tensor, generator: torch.Generator | None = None,
+           state: RequestState | None = None) -> list:
+    """The decisions of a step for the logit rows of requests of one `decision_group`: denoising
+    proposals (x0 as a list, scores on the host), or one greedy/sampled planning token per row.
+    Rows are independent, so batching them decides exactly what each request alone would; only
+    the chosen ids and scores leave the device. `group` None: one request's own (`state`)."""
+    if group is None or group[0] == "denoise":
+        if group is None:
+            banned = [state.tags.mask] if state.options.mode == "diffusion" else state._slot_banned
+            sampling, order = state.options.sampling, state.options.order
+        else:
+            (temperature, top_p, top_k), order, banned = group[1], group[2], list(group[3])
+            sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k)
+        logits = logits.clone()
+        logits[:, banned] = torch.finfo(logits.dtype).min  # a slot never commits the mask itself
+        x0, scores = propose(logits, sampling, order, generator)
+        return x0.tolist(), scores.cpu()
+    (temperature, top_p, top_k), banned = group[1], list(group[2])
+    sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k)
+    logits = filter_logits(logits, sampling)
+    if banned:
+        logits = logits.clone()
+        logits[:, banned] = torch.finfo(logits.dtype).min
+    if sampling.temperature > 0:
+        return torch.multinomial(torch.softmax(logits, dim=-1).float(), 1).squeeze(-1).tolist()
+    return torch.argmax(logits, dim=-1).tolist()
 
 
 class RequestState:
@@ -191,8 +223,10 @@ class RequestState:
             return Forward(list(range(n)), n, logit_positions, fresh_cache=True)
         return Forward(sorted(set(positions)), n, logit_positions, fresh_cache=self._fresh_cache)
 
-    def advance(self, forward: Forward, logits: torch.Tensor) -> None:
-        """Consume the logits of `forward.logit_positions` (rows in that order) and move on."""
+    def advance(self, forward: Forward, logits: torch.Tensor | None, decision: Decision | None = None) -> None:
+        """Consume the logits of `forward.logit_positions` (rows in that order) and move on; or,
+        when an engine made the step's decision for many requests at once (`decision_group`,
+        `decide`), that decision (`logits` is then unused)."""
         self.forwards += 1
         self._fresh_cache = False
         computed = set(forward.positions)
@@ -201,11 +235,32 @@ class RequestState:
         if self.phase is Phase.PLAN:
             self._computed = len(self.tokens)
             self.round.plan_forwards += 1
-            self._accept_plan_token(self._choose_plan_token(logits[-1]))
+            token = decision if decision is not None else self._choose_plan_token(logits[-1])
+            self._accept_plan_token(token)
         else:
             self._computed = max(self._computed, self._spans[0].start)
             self.round.denoise_steps += 1
-            self._denoise_step(forward.logit_positions, logits)
+            x0, scores = decision if decision is not None else decide(None, logits, self.generator, self)
+            if self.options.mode == "diffusion":
+                self._diffusion_only_step(forward.logit_positions, x0, scores)
+            else:
+                self._denoise_step(forward.logit_positions, x0, scores)
+
+    def decision_group(self, forward: Forward) -> tuple | None:
+        """What the next step's decision depends on besides the logits, for `decide` to take it for
+        every request of the same group in one batch; None when it is this request's alone (a
+        seeded sampler's draws, a forced plan, a logits processor, re-plan bounds). Valid until
+        `advance`."""
+        sampling = self.options.sampling
+        if sampling.temperature > 0 and self.generator is not None:
+            return None
+        key = (sampling.temperature, sampling.top_p, sampling.top_k)
+        if self.phase is Phase.PLAN:
+            if self.forced is not None or self.logits_processor is not None or (self._bounds and not self._text_only()):
+                return None
+            return ("plan", key, tuple(self._plan_banned()))
+        banned = (self.tags.mask,) if self.options.mode == "diffusion" else tuple(self._slot_banned)
+        return ("denoise", key, self.options.order, banned)
 
     # ------------------------------------------------------------------ planning
 
@@ -219,12 +274,7 @@ class RequestState:
         logits = filter_logits(logits, self.options.sampling)
         if self.logits_processor is not None:
             logits = self.logits_processor(round_tokens, logits)
-        if self._text_only():  # tags are banned last, whatever a processor did
-            banned = list(self.tags.structural - set(self.tags.end))
-        elif self.options.constrained:
-            banned = banned_plan_tokens(self.parser, self.round.index, self.options)
-        else:
-            banned = []
+        banned = self._plan_banned()  # tags are banned last, whatever a processor did
         if banned:
             logits = logits.clone()
             logits[banned] = torch.finfo(logits.dtype).min
@@ -235,6 +285,13 @@ class RequestState:
                 kept[allowed] = logits[allowed]
                 logits = kept
         return next_token(logits, self.options.sampling, self.generator)
+
+    def _plan_banned(self) -> list[int]:
+        if self._text_only():
+            return sorted(self.tags.structural - set(self.tags.end))
+        if self.options.constrained:
+            return banned_plan_tokens(self.parser, self.round.index, self.options)
+        return []
 
     def _accept_plan_token(self, token: int) -> None:
         self._append(token, CAUSAL, self.round.index)
@@ -330,13 +387,7 @@ class RequestState:
         )
         self.phase = Phase.DENOISE
 
-    def _denoise_step(self, logit_positions: list[int], logits: torch.Tensor) -> None:
-        if self.options.mode == "diffusion":
-            return self._diffusion_only_step(logit_positions, logits)
-        logits = logits.clone()
-        logits[:, self._slot_banned] = torch.finfo(logits.dtype).min  # a slot never commits the mask itself
-        x0, scores = propose(logits, self.options.sampling, self.options.order, self.generator)
-        x0, scores = x0.tolist(), scores.cpu()  # the decisions below read single rows: on the host
+    def _denoise_step(self, logit_positions: list[int], x0: list[int], scores: torch.Tensor) -> None:
         slot_row = {p + 1: i for i, p in enumerate(logit_positions)}
         step, threshold = self._step, self._threshold
         for b, span in enumerate(self._spans):
@@ -446,11 +497,7 @@ class RequestState:
         self._times = timesteps(self._steps)
         self.phase = Phase.DENOISE
 
-    def _diffusion_only_step(self, logit_positions: list[int], logits: torch.Tensor) -> None:
-        logits = logits.clone()
-        logits[:, self.tags.mask] = torch.finfo(logits.dtype).min
-        x0, scores = propose(logits, self.options.sampling, self.options.order, self.generator)
-        x0, scores = x0.tolist(), scores.cpu()
+    def _diffusion_only_step(self, logit_positions: list[int], x0: list[int], scores: torch.Tensor) -> None:
         masked = len(logit_positions)
         i, steps = self._step, self._steps
         k = int(masked * (1 - self._times[i + 1] / self._times[i])) if i < steps - 1 else masked

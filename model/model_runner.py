@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import PromptTooLongError
-from .generation import Forward, RequestState
+from .generation import Forward, RequestState, decide
 from .kv_pool import BLOCK, KVPool, blocks_for, slot_map
 from .layout import allowed
 from .network import DreamNetwork, PackedBatch
@@ -61,14 +61,41 @@ class ModelRunner:
                 self.pool.zero(seq.blocks)
         logits = self.forward(seqs, forwards)
         self.forwards += 1
+        decisions = self._decide(seqs, forwards, logits)
         errors: list[Exception | None] = []
-        for seq, forward, rows in zip(seqs, forwards, logits):
+        for seq, forward, rows, decision in zip(seqs, forwards, logits, decisions):
             try:
-                seq.state.advance(forward, rows)
+                seq.state.advance(forward, rows, decision)
                 errors.append(None)
             except Exception as err:  # one request's failure must not stop the others
                 errors.append(err)
         return errors
+
+    @staticmethod
+    def _decide(seqs: list[Sequence], forwards: list[Forward], logits: list[torch.Tensor]) -> list:
+        """The step's decisions, one batch per decision group (generation.decide), so the device
+        does each group's filtering, scoring and choice at once and one transfer brings back ids
+        and scores; requests of no group (None) decide alone in `advance`."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (seq, forward) in enumerate(zip(seqs, forwards)):
+            group = seq.state.decision_group(forward) if len(forward.logit_positions) else None
+            if group is not None:
+                groups.setdefault(group, []).append(i)
+        decisions: list = [None] * len(seqs)
+        for group, members in groups.items():
+            rows = logits[members[0]] if len(members) == 1 else torch.cat([logits[i] for i in members])
+            decided = decide(group, rows)
+            if group[0] == "plan":
+                for i, token in zip(members, decided):
+                    decisions[i] = token
+                continue
+            x0, scores = decided
+            start = 0
+            for i in members:
+                n = len(forwards[i].logit_positions)
+                decisions[i] = (x0[start:start + n], scores[start:start + n])
+                start += n
+        return decisions
 
     def forward(self, seqs: list[Sequence], forwards: list[Forward]) -> list[torch.Tensor]:
         """The logits of each forward's logit positions (rows in that order), left on the device."""

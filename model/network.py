@@ -12,7 +12,7 @@ key; a forward packs the tokens of many sequences (`forward_packed`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -84,8 +84,8 @@ class Attention(nn.Module):
 
     def forward_packed(self, x, cos, sin, batch: PackedBatch, keys, values):
         """Tokens of many sequences packed [T, hidden]; keys and values are written into the pool
-        first. Attention runs padded per sequence ([B, heads, Tmax, Lmax]: the batch dimension is
-        the request term of the layout rule), then the rows are packed again for o_proj."""
+        first. Attention runs padded per sequence ([B, ·, Tmax, Lmax]: the batch dimension is the
+        request term of the layout rule), then the rows are packed again for o_proj."""
         q, k, v = self._project(x, cos, sin)
         keys[:, batch.write_slots] = k
         values[:, batch.write_slots] = v
@@ -94,10 +94,12 @@ class Attention(nn.Module):
             q = q[None]
         else:
             q = q[:, batch.query_index].transpose(0, 1)  # [B, heads, Tmax, d]
-        group = self.heads // self.kv_heads
-        k = k.transpose(0, 1).repeat_interleave(group, dim=1)
-        v = v.transpose(0, 1).repeat_interleave(group, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.bias).transpose(1, 2).flatten(-2)
+        count, _, t_max, d = q.shape
+        # GQA without copying keys per query head: the query heads of one key head are stacked
+        # as extra query rows ([B, kv_heads, group × Tmax, d]); the bias was repeated to match.
+        q = q.reshape(count, self.kv_heads, -1, d)
+        out = F.scaled_dot_product_attention(q, k.transpose(0, 1), v.transpose(0, 1), attn_mask=batch.bias)
+        out = out.reshape(count, self.heads, t_max, d).transpose(1, 2).flatten(-2)
         out = out[0] if batch.query_index is None else out.flatten(0, 1)[batch.packed_rows]
         return self.o_proj(out)
 
@@ -174,6 +176,8 @@ class DreamNetwork(nn.Module):
         """One forward of many sequences' tokens (`batch`), their keys and values kept in `pool`
         (kv_pool.KVPool); the final hidden states [T, hidden] in packed order."""
         cos, sin = self.rotary(batch.positions, self.dtype)
+        group = self.config.num_attention_heads // self.config.num_key_value_heads
+        batch = replace(batch, bias=batch.bias.repeat(1, 1, group, 1))  # rows (query head in group, query)
         x = self.model.embed_tokens(batch.input_ids)
         for layer, keys, values in zip(self.model.layers, pool.keys, pool.values):
             x = layer.forward_packed(x, cos, sin, batch, keys, values)

@@ -117,6 +117,18 @@ def add_bench(sub) -> None:
     c.add_argument("--examples", type=int, default=1000, help="test prompts of the synthetic task")
     c.add_argument("--worker-counts", default="1,2", help="comma-separated worker counts, one run each")
     c.add_argument("--folder", default="bench-batch", help="where the prompts, results and summaries go")
+    e = what.add_parser("engine", help="the batched engine against the device's floors: batch-1 steps, PD vs AR, "
+                                        "batched steps, concurrency through the orchestrator, KV pool (table + JSON)")
+    e.add_argument("--model", default=None, help="checkpoint folder (default: random weights of --shape, built "
+                                                 "on the device)")
+    e.add_argument("--shape", choices=["qwen2.5-7b", "small"], default="small")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--dtype", default="bfloat16")
+    e.add_argument("--prompt-tokens", type=int, default=369)
+    e.add_argument("--spans", type=int, default=4, help="spans of the forced plan")
+    e.add_argument("--slots", type=int, default=30, help="slots per span")
+    e.add_argument("--concurrency", default="1,8,32,64", help="comma-separated concurrencies")
+    e.add_argument("--json", default=None, help="also write the JSON report here")
     t = what.add_parser("train-step", help="one training step of a checkpoint's network, eager and compiled")
     t.add_argument("--model", default=str(DEMO_MODEL), help="checkpoint folder (default: the demo model)")
     t.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"], default="planned")
@@ -411,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
             settings = settings_from(args, BatchSettings)
             configure_logging(settings.log_level)
             return run_bench_batch(settings, args.examples, counts, args.folder)
+        if args.command == "bench" and args.bench == "engine":
+            from .bench_engine import run_bench_engine
+
+            return run_bench_engine(args.model, args.shape, args.device, args.dtype, args.prompt_tokens, args.spans,
+                                    args.slots, [int(c) for c in args.concurrency.split(",")], args.json)
         if args.command == "bench" and args.bench == "train-step":
             return run_train_step(args)
         if args.command == "bench" and args.bench == "overflow":

@@ -151,3 +151,17 @@ def test_sixteen_concurrent_requests_share_forwards(tmp_path):
     after = worker.stats()["forwards"]
     assert concurrent == sequential
     assert after - middle <= (middle - before) / 2
+
+
+def test_bench_engine_prints_a_table_and_json(tmp_path, capsys):
+    import json
+
+    from plandiff.orchestrator import cli
+
+    out = tmp_path / "engine.json"
+    assert cli.main(["bench", "engine", "--shape", "small", "--dtype", "float32", "--prompt-tokens", "20",
+                     "--spans", "1", "--slots", "4", "--concurrency", "1,2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["concurrency"]["pd_2"]["forwards"] < 2 * report["concurrency"]["pd_1"]["forwards"]
+    assert report["batch1_end_to_end"]["ar"]["critical_path"] > report["batch1_end_to_end"]["pd_1.0"]["critical_path"]
+    assert "KV pool" in capsys.readouterr().out

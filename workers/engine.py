@@ -35,6 +35,7 @@ class Engine:
     def __init__(self, runner: ModelRunner, max_tokens_per_step: int = 8192, max_requests: int = 64):
         self.runner = runner
         self.scheduler = Scheduler(runner, max_tokens_per_step, max_requests)
+        self.last_step: list[tuple] = []
 
     def add(self, request_id: str, state: RequestState, paused: bool = False) -> None:
         if request_id in self.scheduler.running or any(e.request_id == request_id for e in self.scheduler.waiting):
@@ -66,6 +67,7 @@ class Engine:
     def step(self) -> list[StepOutput]:
         """One forward for the requests the scheduler picks; their events (none picked: [])."""
         entries, forwards = self.scheduler.schedule()
+        self.last_step = [(e.request_id, e.state.phase, f) for e, f in zip(entries, forwards)]  # for benchmarks
         if not entries:
             return []
         errors = self.runner.step([e.seq for e in entries], forwards)

@@ -1,0 +1,317 @@
+"""`plandiff bench engine`: the batched engine against the device's floors, measured in one run.
+
+Floors (measured here, not taken from a data sheet): the weight-read floor of one forward is the
+weight bytes over the device's measured copy rate (bytes read + written by a large device copy); the
+compute floor of a step is 2 × parameters × tokens (plus the head's rows) over the measured rate of
+a large bf16 matmul. A step's roofline is the larger of the two.
+
+Sections: (1) batch-1 steps (planning, denoising with the plan's live tokens, a 256-token
+denoising step); (2) batch-1 end to end, PD against plandiff's own autoregressive mode on the same
+answer length; (3) a batched PD denoising step of many requests; (4) requests at several
+concurrencies through the orchestrator on one in-process worker: aggregate tokens/s, p50/p99
+latency; (5) what the KV pool holds. `--shape qwen2.5-7b` builds a Qwen2.5-7B-shaped Dream network
+with random weights directly on the device (no checkpoint on disk); the head's rows for the tags and
+specials are zero, so a random planner never ends an answer early and forced plans decide the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+
+SHAPES = {
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, rope_theta=1e6),
+    "small": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=2),
+}
+
+
+def random_runtime(shape: str, device: str, dtype: str):
+    """A ModelRuntime of random weights made on `device` (dream tag layout, byte tokenizer)."""
+    import torch
+
+    from plandiff.model.loading import Checkpoint
+    from plandiff.model.network import DreamNetwork
+    from plandiff.model.random_checkpoint import DREAM_IDS, build_tokenizer, tiny_config
+    from plandiff.model.runtime import ModelRuntime
+    from plandiff.model.tags import TagProfile, TagVocabulary
+
+    config = tiny_config("dream", max_position_embeddings=32768, torch_dtype=dtype, **SHAPES[shape])
+    torch_dtype = getattr(torch, dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)
+    try:
+        with torch.device(device):
+            network = DreamNetwork(config)
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.no_grad():
+        network.lm_head.weight[DREAM_IDS["<|endoftext|>"]:] = 0
+    network.rotary = type(network.rotary)(config.head_dim, config.rope_theta).to(device)
+    network.eval()
+    tokenizer = build_tokenizer("dream")
+    profile = TagProfile.from_overrides(config.plandiff_tags)
+    return ModelRuntime(Checkpoint(config, network, tokenizer, profile, TagVocabulary.from_tokenizer(tokenizer, profile)))
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def floors(network) -> dict:
+    """Copy rate and bf16 matmul rate of this device, and the weight bytes they give floors for."""
+    import torch
+
+    device = network.device
+    params = sum(p.numel() for p in network.parameters())
+    embed = network.model.embed_tokens.weight.numel()
+    head = network.lm_head.weight.numel()
+    weight_bytes = sum(p.numel() * p.element_size() for p in network.parameters()) - embed * network.dtype.itemsize
+    size = (1 << 30) if device.type == "cuda" else (1 << 26)
+    src = torch.empty(size, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    n = 256 if device.type == "cuda" else 32
+    a = torch.randn(n * 32, n * 32, device=device, dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+
+    def best(fn, reps=10):
+        fn()
+        sync(device)
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    copy = best(lambda: dst.copy_(src))
+    matmul = best(lambda: a @ b)
+    del src, dst, a, b
+    return {
+        "parameters": params, "matmul_parameters": params - embed - head, "head_parameters": head,
+        "weight_bytes_read_per_forward": weight_bytes,  # every matrix but the embedding (rows are gathered)
+        "copy_rate_bytes_per_s": 2 * size / copy, "matmul_flops_per_s": 2 * (n * 32) ** 3 / matmul,
+    }
+
+
+def roofline(f: dict, tokens: int, logit_rows: int) -> dict:
+    weight = f["weight_bytes_read_per_forward"] / f["copy_rate_bytes_per_s"]
+    compute = 2 * (f["matmul_parameters"] * tokens + f["head_parameters"] * logit_rows) / f["matmul_flops_per_s"]
+    return {"weight_floor_s": weight, "compute_floor_s": compute, "floor_s": max(weight, compute)}
+
+
+def forced_plan(spans: int, slots: int) -> str:
+    return "".join(f"<promise>-<topic>s{i} {slots}</topic>" for i in range(spans)) + "<|im_end|>"
+
+
+def step_log(engine, device) -> list[dict]:
+    """Drive the engine to the end, timing every step (device synchronized around it)."""
+    log = []
+    while engine.has_work():
+        sync(device)
+        start = time.perf_counter()
+        engine.step()
+        sync(device)
+        seconds = time.perf_counter() - start
+        phases = {phase for _, phase, _ in engine.last_step}
+        log.append({
+            "seconds": seconds, "requests": len(engine.last_step),
+            "tokens": sum(len(f.positions) for _, _, f in engine.last_step),
+            "logit_rows": sum(len(f.logit_positions) for _, _, f in engine.last_step),
+            "phase": "mixed" if len(phases) > 1 else next(iter(phases)).value,
+        })
+    return log
+
+
+def new_state(runtime, prompt_ids, options, plan=None):
+    return runtime.new_state(prompt_ids, options, runtime.encode_plan(plan) if plan else None)
+
+
+def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, prompt_tokens: int, spans: int,
+                     slots: int, concurrency: list[int], json_path: str | None = None) -> int:
+    import torch
+
+    from plandiff.model import GenerationOptions
+    from plandiff.model.kv_pool import BLOCK
+    from plandiff.model.runtime import ModelRuntime
+    from plandiff.workers.engine import Engine
+
+    if device == "cpu":
+        torch.set_num_threads(1)  # a shared 2-core machine: two threads contend with anything else running
+    if model:
+        runtime = ModelRuntime.load(model, dtype=dtype, device=device)
+    else:
+        runtime = random_runtime(shape, device, dtype)
+    network = runtime.network
+    dev = network.device
+    report: dict = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                    "torch": torch.__version__, "shape": model or shape, "dtype": str(network.dtype)}
+    report["floors"] = f = floors(network)
+    prompt = [100 + (i * 37) % 5000 for i in range(prompt_tokens)]
+    plan = forced_plan(spans, slots)
+    pd = GenerationOptions(length_scale=1, max_new_tokens=spans * (slots + 12) + 16, top_k=50)
+    runner = runtime.runner
+    engine = Engine(runner)
+
+    def drive(states):
+        for i, state in enumerate(states):
+            engine.add(str(i), state)
+        return step_log(engine, dev)
+
+    # warm-up (kernels, allocator)
+    drive([new_state(runtime, prompt, pd, plan)])
+
+    # (1) batch-1 steps
+    log = drive([new_state(runtime, prompt, pd, plan)])
+    plan_steps = [s for s in log[1:] if s["phase"] == "plan"]
+    denoise_steps = [s for s in log if s["phase"] == "denoise"]
+    wide = drive([new_state(runtime, prompt, pd.replace(max_new_tokens=8 * (slots + 12) + 16), forced_plan(8, slots))])
+    wide_steps = [s for s in wide if s["phase"] == "denoise"]
+
+    def summary(steps):
+        if not steps:
+            return None
+        mid = statistics.median(s["seconds"] for s in steps)
+        tokens = round(statistics.median(s["tokens"] for s in steps))
+        rows = round(statistics.median(s["logit_rows"] for s in steps))
+        floor = roofline(f, tokens, rows)
+        return {"median_s": mid, "tokens": tokens, "logit_rows": rows, **floor, "x_floor": mid / floor["floor_s"],
+                "x_compute_floor": mid / floor["compute_floor_s"], "steps": len(steps)}
+
+    # the network's forward alone (host packing + device), a planning forward after the prefill
+    state = new_state(runtime, prompt, pd, plan)
+    seq = runner.admit(state)
+    runner.step([seq])
+    forward = state.schedule()
+    times = []
+    for _ in range(20):
+        sync(dev)
+        start = time.perf_counter()
+        runner.forward([seq], [forward])
+        sync(dev)
+        times.append(time.perf_counter() - start)
+    runner.release(seq)
+    forward_only = {"median_s": statistics.median(times), "tokens": 1, "logit_rows": 1, **roofline(f, 1, 1)}
+    forward_only["x_floor"] = forward_only["median_s"] / forward_only["floor_s"]
+    forward_only["x_compute_floor"] = forward_only["median_s"] / forward_only["compute_floor_s"]
+    report["batch1_steps"] = {"plan_forward_only": forward_only, "prefill": summary(log[:1]), "plan": summary(plan_steps),
+                              "denoise": summary(denoise_steps), "denoise_wide": summary(wide_steps)}
+
+    # (2) batch-1 end to end: PD (steps_ratio 1.0, 0.5) vs the AR mode on the same answer length
+    e2e = {}
+    for name, options in [("pd_1.0", pd), ("pd_0.5", pd.replace(steps_ratio=0.5))]:
+        log = drive([state := new_state(runtime, prompt, options, plan)])
+        e2e[name] = {"seconds": sum(s["seconds"] for s in log), "critical_path": state.forwards,
+                     "generated": len(state.tokens) - len(prompt)}
+    answer = e2e["pd_1.0"]["generated"]
+    ar = pd.replace(mode="autoregressive", max_new_tokens=answer)
+    log = drive([state := new_state(runtime, prompt, ar)])
+    e2e["ar"] = {"seconds": sum(s["seconds"] for s in log), "critical_path": state.forwards,
+                 "generated": len(state.tokens) - len(prompt),
+                 "median_decode_step_s": statistics.median(s["seconds"] for s in log[1:])}
+    e2e["ar"]["x_floor_per_token"] = e2e["ar"]["median_decode_step_s"] / roofline(f, 1, 1)["floor_s"]
+    for name in ("pd_1.0", "pd_0.5"):
+        row = e2e[name]
+        row["speedup_vs_ar"] = e2e["ar"]["seconds"] / row["seconds"]
+        row["critical_path_ratio"] = e2e["ar"]["critical_path"] / row["critical_path"]
+        row["share_of_ratio"] = row["speedup_vs_ar"] / row["critical_path_ratio"]
+    report["batch1_end_to_end"] = e2e
+
+    # (3) a batched PD denoising step: the largest concurrency, all requests denoising together
+    many = max(concurrency)
+    log = drive([new_state(runtime, prompt, pd, plan) for _ in range(many)])
+    full = [s for s in log if s["phase"] == "denoise" and s["requests"] == many]
+    report["batched_denoise"] = {"requests": many, **(summary(full) or {})}
+
+    # (4) through the orchestrator, one in-process worker
+    report["concurrency"] = asyncio.run(sweep(runtime, prompt, plan, pd, ar, concurrency))
+
+    # (5) the KV pool
+    pool = runner.pool
+    report["kv_pool"] = {"bytes": pool.nbytes() if dev.type == "cuda" else None, "positions": pool.max_blocks * BLOCK,
+                         "requests_of_2048_tokens": pool.max_blocks * BLOCK // 2048}
+    print_table(report)
+    text = json.dumps(report, indent=2)
+    if json_path:
+        with open(json_path, "w") as out:
+            out.write(text + "\n")
+    print(text)
+    return 0
+
+
+async def sweep(runtime, prompt, plan, pd, ar, levels):
+    from plandiff.orchestrator.executors import Executor, LocalWorkerHandle
+    from plandiff.orchestrator.orchestrator import GenerateRequest, Orchestrator
+    from plandiff.workers.worker import Worker
+
+    class InProcess(Executor):
+        name = "local"
+
+        def __init__(self, worker):
+            self.workers = [LocalWorkerHandle(worker)]
+
+    worker = Worker(runtime, name="bench-0", max_requests=max(levels))
+    orchestrator = Orchestrator(InProcess(worker), runtime.codec)
+    rows = {}
+    for mode, options, forced in (("ar", ar, None), ("pd", pd, plan)):
+        for level in levels:
+            async def one():
+                start = time.perf_counter()
+                done = await orchestrator.complete(GenerateRequest(prompt_ids=prompt, plan=forced, options=options))
+                return time.perf_counter() - start, done.usage.generated_tokens
+
+            forwards = worker.forwards
+            start = time.perf_counter()
+            results = await asyncio.gather(*(one() for _ in range(level)))
+            wall = time.perf_counter() - start
+            latencies = sorted(r[0] for r in results)
+            tokens = sum(r[1] for r in results)
+            rows[f"{mode}_{level}"] = {
+                "mode": mode, "concurrency": level, "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
+                "p50_s": latencies[len(latencies) // 2], "p99_s": latencies[min(len(latencies) - 1,
+                                                                              int(0.99 * len(latencies)))],
+                "forwards": worker.forwards - forwards,
+            }
+    for mode in ("ar", "pd"):
+        base = rows[f"{mode}_{min(levels)}"]["tokens_per_s"]
+        for level in levels:
+            rows[f"{mode}_{level}"]["x_batch1"] = rows[f"{mode}_{level}"]["tokens_per_s"] / base
+    overtakes = [lv for lv in levels if rows[f"ar_{lv}"]["tokens_per_s"] > rows[f"pd_{lv}"]["tokens_per_s"]]
+    rows["ar_overtakes_pd_at"] = overtakes[0] if overtakes else None
+    return rows
+
+
+def print_table(r: dict) -> None:
+    f = r["floors"]
+    print(f"device {r['device']}, torch {r['torch']}, {r['shape']} {r['dtype']}: "
+          f"{f['parameters'] / 1e9:.2f} B parameters; copy {f['copy_rate_bytes_per_s'] / 1e12:.2f} TB/s, "
+          f"bf16 matmul {f['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s; weight floor "
+          f"{roofline(f, 1, 1)['weight_floor_s'] * 1e3:.2f} ms")
+    print(f"{'step':28s} {'tokens':>6s} {'median ms':>9s} {'floor ms':>8s} {'× floor':>7s} {'× compute':>9s}")
+    rows = [(f"batch 1 {k}", v) for k, v in r["batch1_steps"].items()] + [
+        (f"batched denoise ×{r['batched_denoise']['requests']}", r["batched_denoise"])]
+    for name, s in rows:
+        if s and "median_s" in s:
+            print(f"{name:28s} {s['tokens']:6d} {s['median_s'] * 1e3:9.2f} {s['floor_s'] * 1e3:8.2f} "
+                  f"{s['x_floor']:7.2f} {s['x_compute_floor']:9.2f}")
+    e = r["batch1_end_to_end"]
+    print(f"{'end to end, batch 1':28s} {'wall s':>7s} {'crit. path':>10s} {'speed-up':>8s} {'of ratio':>8s}")
+    for name, s in e.items():
+        print(f"{name:28s} {s['seconds']:7.3f} {s['critical_path']:10d} {s.get('speedup_vs_ar', 1):8.2f} "
+              f"{s.get('share_of_ratio', 1):8.2f}")
+    print(f"AR decode step {e['ar']['median_decode_step_s'] * 1e3:.2f} ms = {e['ar']['x_floor_per_token']:.2f} × floor")
+    print(f"{'orchestrator':14s} {'conc.':>5s} {'tok/s':>8s} {'× c=1':>6s} {'p50 s':>7s} {'p99 s':>7s} {'forwards':>8s}")
+    for key, s in r["concurrency"].items():
+        if isinstance(s, dict):
+            print(f"{s['mode']:14s} {s['concurrency']:5d} {s['tokens_per_s']:8.1f} {s['x_batch1']:6.2f} "
+                  f"{s['p50_s']:7.3f} {s['p99_s']:7.3f} {s['forwards']:8d}")
+    print(f"AR's aggregate throughput overtakes PD's at concurrency {r['concurrency']['ar_overtakes_pd_at']}")
+    print(f"KV pool: {r['kv_pool']['positions']} positions = {r['kv_pool']['requests_of_2048_tokens']} requests "
+          "of 2,048 tokens")
