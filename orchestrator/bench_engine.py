@@ -135,7 +135,8 @@ def new_state(runtime, prompt_ids, options, plan=None):
 
 
 def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, prompt_tokens: int, spans: int,
-                     slots: int, concurrency: list[int], json_path: str | None = None) -> int:
+                     slots: int, concurrency: list[int], json_path: str | None = None, profile: bool = False,
+                     cuda_graphs: bool = False) -> int:
     import torch
 
     from plandiff.model import GenerationOptions
@@ -158,6 +159,7 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     plan = forced_plan(spans, slots)
     pd = GenerationOptions(length_scale=1, max_new_tokens=spans * (slots + 12) + 16, top_k=50)
     runner = runtime.runner
+    runner.cuda_graphs = cuda_graphs and dev.type == "cuda"
     engine = Engine(runner)
 
     def drive(states):
@@ -190,18 +192,39 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     seq = runner.admit(state)
     runner.step([seq])
     forward = state.schedule()
-    times = []
-    for _ in range(20):
-        sync(dev)
-        start = time.perf_counter()
-        runner.forward([seq], [forward])
-        sync(dev)
-        times.append(time.perf_counter() - start)
+    graphs = runner.cuda_graphs
+    forward_only = {}
+    for name, use in (("plan_forward_only_eager", False), ("plan_forward_only", graphs)):
+        runner.cuda_graphs = use
+        times = []
+        for _ in range(20):
+            sync(dev)
+            start = time.perf_counter()
+            runner.forward([seq], [forward])
+            sync(dev)
+            times.append(time.perf_counter() - start)
+        row = forward_only[name] = {"median_s": statistics.median(times[2:]), "tokens": 1, "logit_rows": 1,
+                                    **roofline(f, 1, 1)}
+        row["x_floor"] = row["median_s"] / row["floor_s"]
+        row["x_compute_floor"] = row["median_s"] / row["compute_floor_s"]
+    runner.cuda_graphs = graphs and runner.graph_error is None
+    if profile:  # where an eager one-token forward's time goes
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        eager, runner.cuda_graphs = runner.cuda_graphs, False
+        with profiler(activities=activities) as prof:
+            for _ in range(5):
+                runner.forward([seq], [forward])
+                sync(dev)
+        runner.cuda_graphs = eager
+        averages = prof.key_averages()
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=15))
+        if dev.type == "cuda":
+            print(averages.table(sort_by="self_cuda_time_total", row_limit=10))
     runner.release(seq)
-    forward_only = {"median_s": statistics.median(times), "tokens": 1, "logit_rows": 1, **roofline(f, 1, 1)}
-    forward_only["x_floor"] = forward_only["median_s"] / forward_only["floor_s"]
-    forward_only["x_compute_floor"] = forward_only["median_s"] / forward_only["compute_floor_s"]
-    report["batch1_steps"] = {"plan_forward_only": forward_only, "prefill": summary(log[:1]), "plan": summary(plan_steps),
+    report["batch1_steps"] = {**forward_only, "prefill": summary(log[:1]), "plan": summary(plan_steps),
                               "denoise": summary(denoise_steps), "denoise_wide": summary(wide_steps)}
 
     # (2) batch-1 end to end: PD (steps_ratio 1.0, 0.5) vs the AR mode on the same answer length
@@ -233,6 +256,8 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     # (4) through the orchestrator, one in-process worker
     report["concurrency"] = asyncio.run(sweep(runtime, prompt, plan, pd, ar, concurrency))
 
+    report["cuda_graphs"] = {"used": runner.cuda_graphs, "error": runner.graph_error,
+                             "captured": [list(k) for k in runner._graphs]}
     # (5) the KV pool
     pool = runner.pool
     report["kv_pool"] = {"bytes": pool.nbytes() if dev.type == "cuda" else None, "positions": pool.max_blocks * BLOCK,
@@ -313,5 +338,6 @@ def print_table(r: dict) -> None:
             print(f"{s['mode']:14s} {s['concurrency']:5d} {s['tokens_per_s']:8.1f} {s['x_batch1']:6.2f} "
                   f"{s['p50_s']:7.3f} {s['p99_s']:7.3f} {s['forwards']:8d}")
     print(f"AR's aggregate throughput overtakes PD's at concurrency {r['concurrency']['ar_overtakes_pd_at']}")
+    print(f"CUDA graphs (one-token steps): used {r['cuda_graphs']['used']}, error {r['cuda_graphs']['error']}")
     print(f"KV pool: {r['kv_pool']['positions']} positions = {r['kv_pool']['requests_of_2048_tokens']} requests "
           "of 2,048 tokens")

@@ -129,6 +129,9 @@ def add_bench(sub) -> None:
     e.add_argument("--slots", type=int, default=30, help="slots per span")
     e.add_argument("--concurrency", default="1,8,32,64", help="comma-separated concurrencies")
     e.add_argument("--json", default=None, help="also write the JSON report here")
+    e.add_argument("--profile", action="store_true", help="print where an eager one-token forward's time goes")
+    e.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs for one-token steps (not yet "
+                                                               "run on a GPU)")
     t = what.add_parser("train-step", help="one training step of a checkpoint's network, eager and compiled")
     t.add_argument("--model", default=str(DEMO_MODEL), help="checkpoint folder (default: the demo model)")
     t.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"], default="planned")
@@ -427,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             from .bench_engine import run_bench_engine
 
             return run_bench_engine(args.model, args.shape, args.device, args.dtype, args.prompt_tokens, args.spans,
-                                    args.slots, [int(c) for c in args.concurrency.split(",")], args.json)
+                                    args.slots, [int(c) for c in args.concurrency.split(",")], args.json,
+                                    args.profile, args.cuda_graphs)
         if args.command == "bench" and args.bench == "train-step":
             return run_train_step(args)
         if args.command == "bench" and args.bench == "overflow":

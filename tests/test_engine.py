@@ -5,6 +5,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import torch
 
 from plandiff.model import GenerationOptions, ModelRuntime
 from plandiff.model.codec import TextCodec
@@ -165,3 +166,24 @@ def test_bench_engine_prints_a_table_and_json(tmp_path, capsys):
     assert report["concurrency"]["pd_2"]["forwards"] < 2 * report["concurrency"]["pd_1"]["forwards"]
     assert report["batch1_end_to_end"]["ar"]["critical_path"] > report["batch1_end_to_end"]["pd_1.0"]["critical_path"]
     assert "KV pool" in capsys.readouterr().out
+
+
+def test_padded_one_token_batches_give_the_same_logits(compact):
+    """What a CUDA graph replays: one-token steps padded to a batch size and a key length (padding
+    rows write to a scratch block and see nothing) give the same logits as the unpadded forward."""
+    from plandiff.model.kv_pool import KVPool
+    from plandiff.model.model_runner import ModelRunner
+
+    runner = ModelRunner(compact.network, KVPool(compact.network.config, "cpu", compact.network.dtype, 4096))
+    runner._scratch = runner.pool.allocate(16)[0] * 16
+    options = GenerationOptions(mode="autoregressive", max_new_tokens=8)
+    seqs = [runner.admit(compact.new_state(compact.encode_prompt(p), options)) for p in ("a", "bbb", "cc")]
+    runner.step(seqs)  # the prefill
+    for _ in range(3):
+        forwards = [s.state.schedule() for s in seqs]
+        alone = runner.forward(seqs, forwards)
+        batch, rows, _ = runner._pack(seqs, forwards, 4, 256)
+        padded = compact.network.logits(compact.network.forward_packed(batch, runner.pool)[rows])
+        for i, logits in enumerate(alone):
+            torch.testing.assert_close(padded[i], logits[0], rtol=1e-5, atol=1e-4)
+        runner.step(seqs, forwards)

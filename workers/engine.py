@@ -91,7 +91,7 @@ class Engine:
 
     def kv_bytes_held(self) -> int:
         pool = self.runner.pool
-        held = sum(len(e.seq.blocks) for e in self.scheduler.running.values())
+        held = sum(len(e.seq.blocks) for e in list(self.scheduler.running.values()))  # Ray's control thread reads
         return held * BLOCK * bytes_per_position(pool.config, pool.dtype)
 
     def stats(self) -> dict:
