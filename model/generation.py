@@ -23,7 +23,8 @@ from .events import (
 )
 from .layout import CAUSAL, Layout
 from .options import GenerationOptions, Sampling
-from .plan_constraint import banned_plan_tokens, bounded_number_tokens, promise_bounds, span_length, validate_plan
+from .plan_constraint import (banned_plan_tokens, bounded_number_tokens, promise_bounds, span_length, topic_bound_tokens,
+                              validate_plan)
 from .plan_parser import Malformed, PlanParser, RoundEnd, PromiseClosed
 from .tags import TagVocabulary
 from .unmasking import ThresholdSchedule, commit_count, diffusion_steps, filter_logits, next_token, propose, timesteps
@@ -281,6 +282,12 @@ class RequestState:
         if self._bounds and not self._text_only():
             allowed = bounded_number_tokens(self.parser, self._bounds, int(torch.argmax(logits)))
             if allowed is not None:  # writing a re-planned span's length: only numbers within its bounds
+                kept = torch.full_like(logits, torch.finfo(logits.dtype).min)
+                kept[allowed] = logits[allowed]
+                logits = kept
+        if self.options.constrained and not self._text_only():
+            allowed = topic_bound_tokens(self.parser, self.options)
+            if allowed is not None:  # the topic is at its bound: its length comes next
                 kept = torch.full_like(logits, torch.finfo(logits.dtype).min)
                 kept[allowed] = logits[allowed]
                 logits = kept

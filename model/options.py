@@ -110,6 +110,8 @@ class GenerationOptions(Validated):
         "mask logits so that the planner can only write a plan that parses and a slot never holds a tag"))
     max_plan_tokens: int = Field(256, ge=1, description="planner tokens per round; a longer round ends the answer")
     max_spans: int = Field(16, ge=1, description="spans per round")
+    max_topic_tokens: int = Field(12, ge=1, description=(
+        "tokens of a promise's topic (its length digits aside); then only its length may follow"))
     max_rounds: int = Field(8, ge=1, description="planning rounds per request")
     on_overflow: OverflowPolicy = Field("accept", description=(
         "a span whose content fills every slot probably did not fit: accept it (the reference), retry it "

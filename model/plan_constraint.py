@@ -4,7 +4,8 @@ and the same bounds checked on a plan the caller forces (`validate_plan`).
 Outside a promise: no ``</topic>``, span tag, ``[PAD]`` or mask; no new promise once the round holds
 `max_spans`; no ``<sync/>`` in the request's last allowed round. Inside a promise: no tag or end
 token; ``</topic>`` only after a length; no digit that would make the length exceed
-`max_span_length`.
+`max_span_length`; once the topic holds `max_topic_tokens`, only its length (`topic_bound_tokens`):
+a topic is a short name, and a planner that writes answer text into it is stopped there.
 """
 
 from __future__ import annotations
@@ -38,6 +39,20 @@ def banned_plan_tokens(parser: PlanParser, round_index: int, options: Generation
         if span_length(int(trailing + str(digit)), tags, options) > options.max_span_length:
             banned.append(token)
     return banned
+
+
+def topic_bound_tokens(parser: PlanParser, options: GenerationOptions) -> list[int] | None:
+    """Inside a promise whose topic has reached max_topic_tokens: the only tokens allowed, the
+    length digits (and ``</topic>`` once a length is written). None: no restriction."""
+    if parser.topic is None:
+        return None
+    trailing = parser.trailing_digits()
+    if len(parser.topic) - len(trailing) < options.max_topic_tokens:
+        return None
+    tags = parser.tags
+    digits = [token for digit, token in enumerate(tags.digits)
+              if span_length(int(trailing + str(digit)), tags, options) <= options.max_span_length]
+    return digits + [tags.promise_close] * bool(trailing)
 
 
 def promise_bounds(length: int, tags: TagVocabulary, options: GenerationOptions) -> tuple[int, int] | None:
@@ -103,6 +118,8 @@ def validate_plan(plan: list[list[int]], tags: TagVocabulary, options: Generatio
             event = parser.feed(token)
             if isinstance(event, Malformed):
                 raise InvalidPlanError(f"round {r}: {event.reason}")
+            if parser.topic is not None and len(parser.topic) - len(parser.trailing_digits()) > options.max_topic_tokens:
+                raise InvalidPlanError(f"round {r}: a topic is longer than max_topic_tokens={options.max_topic_tokens}")
             if isinstance(event, PromiseClosed):
                 length = span_length(event.number, tags, options)
                 if length > options.max_span_length:

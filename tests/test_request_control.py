@@ -68,6 +68,20 @@ def test_a_planning_round_is_bounded(compact):
     assert isinstance(events[-1], Finished) and events[-1].reason == "length"
 
 
+def test_a_topic_is_bounded(compact):
+    """A planner pushed to write answer text into a topic is cut off at max_topic_tokens: the
+    length follows."""
+    words, promise = preferring(compact, [" and", " lives", " in"]), preferring(compact, ["<promise>-<topic>"], 2e4)
+    state, events = run_with_events(compact, "x", GenerationOptions(max_new_tokens=100, max_topic_tokens=3, max_spans=2,
+                                                                    max_plan_tokens=40, top_k=None),
+                                    processor=lambda tokens, logits: promise(tokens, words(tokens, logits)))
+    promised = [e for e in events if isinstance(e, SpanPromised)]
+    assert state.fallback is None and len(promised) == 2
+    assert all(len(e.topic_ids) == 3 for e in promised)
+    with pytest.raises(InvalidPlanError, match="max_topic_tokens"):
+        compact.generate("x", GenerationOptions(max_topic_tokens=1), plan="<promise>-<topic>alpha beta 2</topic><|im_end|>")
+
+
 def test_forced_plans_respect_the_bounds(compact):
     with pytest.raises(InvalidPlanError, match="max_rounds"):
         compact.generate("x", GenerationOptions(max_rounds=1), plan=PLAN)

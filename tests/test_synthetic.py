@@ -70,8 +70,12 @@ def test_families_and_structure(train_examples):
     by_family = {f: [e for e in train_examples if e.family == f] for f in FAMILIES}
     assert all(len(v) >= 20 for v in by_family.values()), {f: len(v) for f, v in by_family.items()}
     for e in by_family["profiles"] + by_family["subquestions"]:
-        assert len(e.rounds) == 1 and 2 <= len(e.rounds[0].spans) <= 4 and not e.rounds[0].lead
+        low, high = (1, 6) if e.family == "profiles" else (2, 4)
+        assert len(e.rounds) == 1 and low <= len(e.rounds[0].spans) <= high and not e.rounds[0].lead
         assert e.final is None
+    assert {len(e.rounds[0].spans) for e in by_family["profiles"]} == set(range(1, 7))
+    facts = [len(g) - 1 for e in by_family["profiles"] for g in e.entities]  # the name aside
+    assert min(facts) == 2 and max(facts) == 6
     for e in by_family["join"]:
         assert len(e.rounds) == 2 and 2 <= len(e.rounds[0].spans) <= 4 and len(e.rounds[1].spans) == 1
         assert e.final is not None
@@ -107,11 +111,13 @@ def test_profile_answers_restate_facts_in_the_order_of_the_prompt(train_examples
                 or e.family == "join" and all(_first(e.prompt, f) is not None for f in e.facts)]
     assert len(profiles) > 100 and any(e.family == "join" for e in profiles)
     for e in profiles:
-        for _, text in e.rounds[0].spans:
-            mine = [f for f in e.facts if _first(text, f) is not None]
-            assert all(_first(e.prompt, f) is not None for f in mine), (e.prompt, text)
-            in_span = sorted(mine, key=lambda f: _first(text, f))
-            assert in_span == sorted(mine, key=lambda f: _first(e.prompt, f)), (e.prompt, text)
+        for (_, text), group in zip(e.rounds[0].spans, e.entities):
+            # the prompt's part about this entity: from its name on (values may be shared)
+            about = e.prompt[e.prompt.index(group[0]):]
+            if len(set(group)) < len(group) or any(_first(about, f) is None for f in group):
+                continue  # by_attribute and table layouts state an entity's facts among the others'
+            in_span = sorted(group, key=lambda f: _first(text, f))
+            assert in_span == sorted(group, key=lambda f: _first(about, f)), (e.prompt, text)
     assert len({tuple(e.rounds[0].spans[0][1].split()[1:3]) for e in profiles}) > 10  # the wording still varies
 
 
@@ -184,8 +190,9 @@ def test_score_accepts_references_and_rejects_altered_facts(train_examples, toke
     profile = TagProfile()
     for e in train_examples[:200]:
         reference = ar_completion(e)
-        assert score(e, reference) == {"correct": True, "facts_found": len(e.facts) + (e.final is not None),
-                                       "facts_total": len(e.facts) + (e.final is not None)}
+        result = score(e, reference)
+        assert result["correct"] and result["facts_found"] == result["facts_total"] == len(e.facts) + (e.final is not None)
+        assert result.get("entities_right", 0) == result.get("entities_total", 0) == len(e.entities)
         assert score(e, strip_tags(completion(e, tokenizer), profile))["correct"]
         assert score(e, reference.upper().replace(" ", "  \n"))["correct"]
         for fact in [*e.facts, *([e.final] if e.final else [])]:
@@ -193,6 +200,35 @@ def test_score_accepts_references_and_rejects_altered_facts(train_examples, toke
             result = score(e, altered)
             assert not result["correct"], (fact, altered)
             assert result["facts_found"] < result["facts_total"]
+
+
+def test_score_attributes_facts_to_their_entity():
+    """A fact in another entity's part of the answer is wrong, even when the text holds every fact."""
+    from plandiff.model.training.task_families import Round
+    e = Example("profiles", "p", [Round([("Bruno", "."), ("Ines", ".")])], ["Bruno", "29", "Riga", "Ines", "53", "Oslo"],
+                entities=[["Bruno", "29", "Riga"], ["Ines", "53", "Oslo"]])
+    assert score(e, "Bruno is 29 and lives in Riga. Ines is 53 and lives in Oslo.")["correct"]
+    swapped = score(e, "Bruno is 29 and lives in Oslo. Ines is 53 and lives in Riga.")
+    assert not swapped["correct"] and swapped["entities_right"] == 0
+    leaked = score(e, "Bruno is 29, lives in Riga and knows Oslo. Ines is 53 and lives in Oslo.")
+    assert not leaked["correct"] and leaked["entities_right"] == 1  # Oslo is Ines's
+    assert not score(e, "Bruno is 29 and lives in Riga.")["correct"]  # Ines never named
+
+
+def test_splits_draw_disjoint_value_pools_and_held_out_families():
+    """No name of the test split is a training name; the held-out split uses layouts and wordings
+    that training never draws."""
+    from plandiff.model.training import vocab
+    from plandiff.model.training.entities import LAYOUTS_HELD_OUT
+    train, test, held = (make_split(s, 200, seed=0) for s in ("train", "test", "heldout"))
+    names = lambda examples: {g[0] for e in examples for g in e.entities}  # noqa: E731
+    assert names(train) and names(test) and not names(train) & names(test)
+    assert all(vocab.pool_of(g[0].split()[0]) == "test" for e in test for g in e.entities)
+    assert all(e.held_out for e in held) and not any(e.held_out for e in train + test)
+    assert {e.family for e in held} == set(FAMILIES)
+    assert not any(line.startswith("1. ") or line.startswith("- name:") for e in train for line in e.prompt.splitlines()
+                   if e.family in ("profiles", "join"))
+    assert LAYOUTS_HELD_OUT
 
 
 def test_score_specifics():

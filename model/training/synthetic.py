@@ -1,26 +1,30 @@
 """A synthetic instruction task with natural parallel structure and verifiable answers.
 
 Pure Python, seeded, no downloads. Four families (drawn in task_families.py, people and companies
-in entities.py, the sub-questions' tables in tables.py), each example records its own:
+in entities.py, the sub-questions' tables in tables.py, the values in vocab.py), each example
+records its own:
 
-- ``profiles``: facts about 2–4 invented people or companies, in varied wording; the answer describes
-  each entity in its own span (topic = the entity's name), restating every fact in the order the
-  prompt gives them.
+- ``profiles``: facts about 1–6 invented people or companies (2–6 facts each, any subset, in one of
+  many layouts and wordings); the answer describes each entity in its own span (topic = the
+  entity's first name), restating every fact in the order the prompt gives them.
 - ``subquestions``: 2–4 independent questions about a small table given in the prompt (sums,
   differences, lookups, maxima, yes/no comparisons); one span per question.
 - ``join``: profiles or purchases, then one sentence after ``<sync/>`` that depends on the spans
   (who is oldest, the total spent…): round 2 has one promise and one span.
-- ``short``: a short question answered by one plain sentence, no promise, no span.
+- ``short``: a short question answered by one plain sentence, no promise, no span; a request the
+  task does not cover gets a short honest answer.
 
 Every example lists ``facts`` (names, numbers, cities… that a correct answer must contain) and, for
 ``join``, the ``final`` fact of the join sentence. `score` checks them as whole words
-(case-insensitive, whitespace-normalized); the final fact must be in the answer's last sentence, so
-a join sentence that names the wrong entity is caught even though that name is in a span. The
-generator rejects an example whose facts are not all distinct or where a span fact also appears in
-another span, so that one wrong span answer cannot be masked by another span's text.
+(case-insensitive, whitespace-normalized); the final fact must be in the answer's last sentence.
+For the entity families each fact must be in its own entity's part of the answer (from its name to
+the next entity's), and no other entity's fact may be there: one person's city in another person's
+span is wrong.
 
-Splits are disjoint by construction: a prompt belongs to exactly one split, chosen by a hash of its
-text, and each split draws from its own seed.
+Splits: ``train``, ``validation`` and ``test`` draw the training wording and layout families, each
+from its own value pool (vocab.py: no test name, city or job is ever trained on) and its own seed,
+and a prompt belongs to one split only (a hash of its text). ``heldout`` draws the wording and
+layout families kept out of training, from the test pool.
 """
 
 from __future__ import annotations
@@ -31,13 +35,15 @@ import random
 import re
 from concurrent.futures import Executor
 
-from .task_families import MAKERS, Example, Retry
+from .task_families import MAKERS, Draw, Example, Retry
 
 FAMILIES = ("profiles", "subquestions", "join", "short")
 DEFAULT_MIX = {"profiles": 0.35, "subquestions": 0.2, "join": 0.3, "short": 0.15}
-SPLITS = ("train", "validation", "test")
-MAX_PROMPT_WORDS = 110
-MAX_SPAN_WORDS = 40
+SPLITS = ("train", "validation", "test", "heldout")
+DRAWS = {"train": Draw("train"), "validation": Draw("validation"), "test": Draw("test"),
+         "heldout": Draw("test", held_out=True)}
+MAX_PROMPT_WORDS = 200
+MAX_SPAN_WORDS = 60
 
 
 # ----------------------------------------------------------------------------------------------
@@ -51,11 +57,13 @@ def _words(text: str) -> int:
 def _valid(example: Example) -> bool:
     if _words(example.prompt) > MAX_PROMPT_WORDS:
         return False
-    keys = [_norm(f) for f in example.facts] + ([_norm(example.final)] if example.final else [])
-    if len(set(keys)) != len(keys):
-        return False
     spans = [text for r in example.rounds for _, text in r.spans]
     if any(_words(text) > MAX_SPAN_WORDS for text in spans):
+        return False
+    if example.entities:
+        return _valid_entities(example)
+    keys = [_norm(f) for f in example.facts] + ([_norm(example.final)] if example.final else [])
+    if len(set(keys)) != len(keys):
         return False
     if example.family != "short":
         # each fact is in exactly one span of the first round (the span that owns it)
@@ -68,16 +76,36 @@ def _valid(example: Example) -> bool:
     return all(_contains(_norm(ar_completion(example)), _norm(f)) for f in example.facts)
 
 
+def _valid_entities(example: Example) -> bool:
+    """Each entity's span holds its facts and no fact of another entity (values two entities share
+    aside), names are distinct from every value, and the join sentence holds its final fact: the
+    attributed score (`score`) is then exact on the reference answer."""
+    first = [_norm(text) for _, text in example.rounds[0].spans]
+    groups = [[_norm(f) for f in g] for g in example.entities]
+    names = {g[0].split()[0] for g in groups}
+    if any(_norm(v) in names for g in groups for v in g[1:]) or len(first) != len(groups):
+        return False
+    for i, (text, mine) in enumerate(zip(first, groups)):
+        if not all(_contains(text, f) for f in mine):
+            return False
+        foreign = {f for j, g in enumerate(groups) if j != i for f in g} - set(mine)
+        if any(_contains(text, f) for f in foreign):
+            return False
+    if example.final is not None and not _contains(_norm(example.rounds[-1].spans[-1][1]), _norm(example.final)):
+        return False
+    return score(example, ar_completion(example))["correct"]
+
+
 def _split_of(prompt: str) -> str:
     digest = hashlib.sha256(prompt.encode("utf-8")).digest()
     return SPLITS[digest[0] % 3]
 
 
-def generate(rng: random.Random, family: str) -> Example:
-    """One valid example of a family (no split constraint)."""
+def generate(rng: random.Random, family: str, draw: Draw = Draw()) -> Example:
+    """One valid example of a family (no split constraint), from `draw`'s pool and families."""
     for _ in range(1000):
         try:
-            example = MAKERS[family](rng)
+            example = MAKERS[family](rng, draw)
         except Retry:
             continue
         if _valid(example):
@@ -130,8 +158,10 @@ def _shard(split: str, n: int, seed: int, mix: dict[str, float], index: int) -> 
         if attempts > 50 * n + 1000:
             raise RuntimeError(f"could not draw {n} distinct {split} examples (got {len(out)})")
         family = rng.choices(families, weights)[0]
-        example = generate(rng, family)
-        if example.prompt in seen or _split_of(example.prompt) != split:
+        example = generate(rng, family, DRAWS[split])
+        # A prompt with values of the split's pool cannot be drawn by another split; the held-out
+        # split's families are never drawn by the others; the rest is split by a hash.
+        if example.prompt in seen or not (example.pooled or split == "heldout" or _split_of(example.prompt) == split):
             continue
         seen.add(example.prompt)
         out.append(example)
@@ -204,16 +234,54 @@ def _last_sentence(normalized_text: str) -> str:
     return pieces[-1] if pieces else ""
 
 
+def _find(normalized_text: str, normalized_fact: str) -> int | None:
+    """Where `fact` first occurs as whole words, or None."""
+    match = re.search(rf"(?<!\w){re.escape(normalized_fact)}(?!\w)", normalized_text)
+    return match.start() if match else None
+
+
+def entity_parts(example: Example, normalized_text: str) -> list[str | None]:
+    """Per entity, its part of the answer: from the first mention of its first name to the next
+    entity's first mention (None: never named). Spans and the AR twin's text are cut alike."""
+    starts = [_find(normalized_text, _norm(g[0].split()[0])) for g in example.entities]
+    named = sorted((s, i) for i, s in enumerate(starts) if s is not None)
+    parts: list[str | None] = [None] * len(starts)
+    for k, (start, i) in enumerate(named):
+        end = named[k + 1][0] if k + 1 < len(named) else len(normalized_text)
+        parts[i] = normalized_text[start:end]
+    return parts
+
+
 def score(example: Example, answer_text: str) -> dict:
     """Whole-word, case-insensitive, whitespace-normalized fact check.
 
     facts_total counts the facts and the final fact; the final fact must be in the answer's last
-    sentence. correct iff every one is found.
+    sentence. For the entity families a fact counts only in its own entity's part of the answer,
+    and an entity whose part states another entity's fact is wrong (entities_right counts the
+    entities with every fact right). correct iff every fact is found (and, there, every entity right).
     """
     text = _norm(answer_text)
-    found = sum(_contains(text, _norm(f)) for f in example.facts)
-    total = len(example.facts)
+    result: dict = {}
+    if example.entities:
+        groups = [[_norm(f) for f in g] for g in example.entities]
+        parts = entity_parts(example, text)
+        found, right = 0, 0
+        for i, (part, mine) in enumerate(zip(parts, groups)):
+            hits = sum(part is not None and _contains(part, f) for f in mine)
+            foreign = {f for j, g in enumerate(groups) if j != i for f in g} - set(mine)
+            # the join sentence after the spans may name another entity: it is checked as `final`
+            own = part if example.final is None or part is None else part[:len(part) - len(_last_sentence(part))]
+            leak = own is not None and any(_contains(own, f) for f in foreign)
+            found += hits
+            right += hits == len(mine) and not leak
+        total = sum(len(g) for g in groups)
+        result = {"entities_right": right, "entities_total": len(groups)}
+        correct = right == len(groups)
+    else:
+        found = sum(_contains(text, _norm(f)) for f in example.facts)
+        total = len(example.facts)
+        correct = True
     if example.final is not None:
         total += 1
         found += _contains(_last_sentence(text), _norm(example.final))
-    return {"correct": found == total, "facts_found": found, "facts_total": total}
+    return {"correct": correct and found == total, "facts_found": found, "facts_total": total, **result}

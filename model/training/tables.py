@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import random
 
-from .entities import FEMALE, MALE, article, cap, join_list
+from . import vocab
+from .entities import article, join_list
+from .vocab import cap
 
 # ----------------------------------------------------------------------------------------------
 # Word pools (the purchases and short questions use some too)
@@ -23,12 +25,27 @@ NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "
 # ----------------------------------------------------------------------------------------------
 # Tables, and questions about them
 
-def owners_table(rng: random.Random, n: int):
-    names = rng.sample(FEMALE + MALE, n)
+def first_names(rng: random.Random, n: int, pool: str) -> list[str]:
+    """n distinct first names of a value pool."""
+    names: list[str] = []
+    while len(names) < n:
+        name = vocab.draw(rng, "first", pool)
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def owners_table(rng: random.Random, n: int, pool: str, held_out: bool = False):
+    """Counts per owner; `held_out` writes them in the layouts kept out of training."""
+    names = first_names(rng, n, pool)
     values = rng.sample(range(2, 60), n)
     unit = rng.choice(UNITS)
-    style = rng.randrange(4)
-    if style == 0:
+    style = rng.choice([4, 5]) if held_out else rng.randrange(4)
+    if style == 4:
+        body = f"{cap(unit)}:\n" + "\n".join(f"{i + 1}. {x} - {v}" for i, (x, v) in enumerate(zip(names, values)))
+    elif style == 5:
+        body = f"name | {unit}\n" + "\n".join(f"{x} | {v}" for x, v in zip(names, values))
+    elif style == 0:
         body = join_list([f"{x} has {v} {unit}" if i == 0 or rng.random() < 0.5 else f"{x} has {v}"
                       for i, (x, v) in enumerate(zip(names, values))], rng) + "."
     elif style == 1:
@@ -92,12 +109,14 @@ def owner_question(rng: random.Random, kind: str, names, values, unit):
     raise ValueError(kind)
 
 
-def prices_table(rng: random.Random, n: int):
+def prices_table(rng: random.Random, n: int, held_out: bool = False):
     items = rng.sample(ITEMS, n)
     prices = rng.sample(range(2, 30), n)
     cur = rng.choice(CURRENCIES)
-    style = rng.randrange(3)
-    if style == 0:
+    style = 3 if held_out else rng.randrange(3)
+    if style == 3:
+        body = f"Prices ({cur}):\n" + "\n".join(f"- {s}: {p}" for (s, _), p in zip(items, prices))
+    elif style == 0:
         place = rng.choice(["At the market", "In the shop", "At the fair", "In the store"])
         body = f"{place}, " + join_list([f"{article(s)} {s} costs {p} {cur}" for (s, _), p in zip(items, prices)], rng) + "."
     elif style == 1:

@@ -1,8 +1,11 @@
-"""The synthetic task's four families of examples, drawn from word pools and sentence templates
-(people and companies come from entities.py, the sub-questions' tables from tables.py).
+"""The synthetic task's four families of examples, drawn from value pools and sentence templates
+(people and companies come from entities.py, the sub-questions' tables from tables.py, the values
+from vocab.py).
 
-Each maker takes a `random.Random` and returns one `Example`, or raises `Retry` when a draw does not
-meet its own constraint. Splits, validity checks, annotation and scoring live in synthetic.py.
+Each maker takes a `random.Random` and a `Draw` (the split's value pool, and whether to use the
+wording and layout families held out of training) and returns one `Example`, or raises `Retry` when
+a draw does not meet its own constraint. Splits, validity checks, annotation and scoring live in
+synthetic.py.
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import vocab
 from .entities import (
-    FEMALE, MALE, Entity, article, cap, describe_answer, describe_prompt, draw_entities, entity_facts, invented, topic_of,
+    LAYOUTS, LAYOUTS_HELD_OUT, Entity, article, describe_answer, describe_prompt, draw_entities, entity_facts,
+    join_list, topic_of,
 )
-from .tables import CURRENCIES, ITEMS, NUMBER_WORDS, owner_question, owners_table, price_question, prices_table
-
+from .tables import (
+    CURRENCIES, ITEMS, NUMBER_WORDS, first_names, owner_question, owners_table, price_question, prices_table,
+)
+from .vocab import cap
 
 class Retry(Exception):
     """The draw did not meet a constraint; draw again."""
@@ -36,6 +43,20 @@ class Example:
     rounds: list[Round]
     facts: list[str]
     final: str | None = None
+    # per span of the first round, the facts it must hold (its entity's name first), when the family
+    # is about entities: `score` then checks each fact in its own entity's part of the answer
+    entities: list[list[str]] = field(default_factory=list)
+    held_out: bool = False  # drawn with a wording or layout family kept out of training
+    pooled: bool = False  # the prompt holds values of its split's pool: no other split can draw it
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What a maker draws from: a split's value pool, and the held-out wording and layout families
+    (the held-out split) or the training ones."""
+
+    pool: str = "train"
+    held_out: bool = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -49,41 +70,89 @@ WORDS = ["garden", "window", "pencil", "rocket", "silver", "harbor", "lantern", 
          "village", "whistle", "bridge", "candle", "forest", "ladder", "marble", "pocket", "saddle"]
 
 
-_NOUNS = {"person": ("person", "people"), "company": ("company", "companies")}
+_NOUNS = {"person": [("person", "people"), ("friend", "friends"), ("colleague", "colleagues")],
+          "company": [("company", "companies"), ("firm", "firms"), ("business", "businesses")]}
+
+# Instruction wordings, (intro, ask) templates, {one}/{many}/{n}: the training family and the held-out one.
+_INTROS = ["Here are some {many}.", "Consider these {n} {many}.", "Some facts about {n} {many}:",
+           "Read about these {many}.", "", "", "Information on {n} {many}:", "I have {n} {many} for you.",
+           "Below is a list of {many}.", "Data:"]
+_INTROS_HELD_OUT = ["Meet my {many}.", "These are the {many} I told you about:", "Notes on {n} {many}:",
+                    "So, about these {many}:"]
+_ASKS = ["Describe each {one}.", "Write a short profile of each of them.", "Tell me about each {one}.",
+         "Summarize what we know about each one.", "Give a brief description of every {one} mentioned.",
+         "Write one short paragraph per {one}.", "Describe them one by one.", "Please describe every {one}.",
+         "Tell me about them.", "Describe them.", "Give each {one} a short description.",
+         "Summarize each {one} in a sentence or two."]
+_ASKS_HELD_OUT = ["Can you introduce them?", "Who are they? One paragraph each.", "Write a mini bio for each.",
+                  "Introduce each of them in turn.", "Can you introduce my {many}?", "Profile everyone listed."]
+_INTROS_ONE = ["Here is a {one}.", "Some facts about one {one}:", "", "Read about this {one}."]
+_ASKS_ONE = ["Describe this {one}.", "Tell me about this {one}.", "Write a short profile.", "Describe them."]
+_ASKS_ONE_HELD_OUT = ["Can you introduce them?", "Write a mini bio.", "Who is this?"]
+# Parentheses prompts lead with the request: "Describe Bruno (age 29, …) and Ines (…)."
+_LEADS = ["Describe", "Tell me about", "Write a short profile of each of", "Give a brief description of",
+          "Please describe", "Summarize"]
+_LEADS_HELD_OUT = ["Can you introduce", "Introduce", "I'd like to hear about"]
 
 
-def _profile_instruction(rng: random.Random, kind: str, n: int) -> tuple[str, str]:
-    one, many = _NOUNS[kind]
-    intro = rng.choice([f"Here are some {many}.", f"Consider these {NUMBER_WORDS[n]} {many}.",
-                        f"Some facts about {NUMBER_WORDS[n]} {many}:", f"Read about these {many}.", ""])
-    ask = rng.choice([f"Describe each {one}.", "Write a short profile of each of them.",
-                      f"Tell me about each {one}.", "Summarize what we know about each one.",
-                      f"Give a brief description of every {one} mentioned.",
-                      f"Write one short paragraph per {one}.", "Describe them one by one."])
-    return intro, ask
+def _instruction(rng: random.Random, kind: str, n: int, held_out: bool) -> tuple[str, str]:
+    one, many = rng.choice(_NOUNS[kind])
+    if n == 1:
+        intros, asks = _INTROS_ONE, _ASKS_ONE_HELD_OUT if held_out else _ASKS_ONE
+    else:
+        intros, asks = (_INTROS_HELD_OUT, _ASKS_HELD_OUT) if held_out else (_INTROS, _ASKS)
+    word = NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
+    fill = lambda t: t.format(one=one, many=many, n=word)  # noqa: E731
+    return fill(rng.choice(intros)), fill(rng.choice(asks))
 
 
-def _profile_setup(rng: random.Random, n: int) -> list[Entity]:
-    kind = "person" if rng.random() < 0.7 else "company"
-    required = "age" if kind == "person" else rng.choice(["founded", "staff"])
-    # Every fact a span restates makes the span longer than its promise in the plan: long spans
-    # are where parallel denoising pays.
-    n_attrs = rng.randint(4, 5) if kind == "person" else 4
-    return draw_entities(rng, kind, n, n_attrs, required)
+def _entity_count(rng: random.Random) -> int:
+    return rng.choices([1, 2, 3, 4, 5, 6], [1, 3, 3, 3, 2, 1])[0]
 
 
-def _profiles(rng: random.Random) -> Example:
-    n = rng.randint(2, 4)
-    entities = _profile_setup(rng, n)
-    intro, ask = _profile_instruction(rng, entities[0].kind, n)
-    facts_text, entities = describe_prompt(rng, entities)
-    prompt = _compose(rng, intro, facts_text, ask)
+MAX_FACTS = 22  # facts in one prompt: 6 people with 6 facts each would not fit the demo's context
+
+
+def _layout(rng: random.Random, d: Draw) -> tuple[str, bool]:
+    """A fact layout, and whether the instruction takes the held-out wording: a held-out example
+    has a held-out layout, a held-out wording, or both."""
+    if not d.held_out:
+        return rng.choice(LAYOUTS), False
+    if rng.random() < 0.6:
+        return rng.choice(LAYOUTS_HELD_OUT), rng.random() < 0.5
+    return rng.choice(LAYOUTS), True
+
+
+def _setup(rng: random.Random, d: Draw, n: int, layout: str, required: str | None = None,
+           kind: str | None = None) -> list[Entity]:
+    kind = kind or ("person" if rng.random() < 0.7 else "company")
+    entities = draw_entities(rng, kind, n, (2, 6), d.pool, required, same_keys=layout == "table")
+    if sum(len(e.attrs) for e in entities) > MAX_FACTS:
+        raise Retry
+    return entities
+
+
+def _profiles(rng: random.Random, d: Draw) -> Example:
+    n = _entity_count(rng)
+    layout, held_wording = _layout(rng, d)
+    entities = _setup(rng, d, n, layout)
+    body, entities = describe_prompt(rng, entities, layout)
+    prompt = _compose(rng, entities[0].kind, n, body, layout, held_wording)
     spans = [(topic_of(e), describe_answer(rng, e)) for e in entities]
-    facts = [f for e in entities for f in entity_facts(e)]
-    return Example("profiles", prompt, [Round(spans)], facts)
+    groups = [entity_facts(e) for e in entities]
+    return Example("profiles", prompt, [Round(spans)], [f for g in groups for f in g], entities=groups,
+                   held_out=d.held_out, pooled=True)
 
 
-def _compose(rng: random.Random, intro: str, body: str, ask: str) -> str:
+def _compose(rng: random.Random, kind: str, n: int, body: str, layout: str, held_wording: bool,
+             question: str = "") -> str:
+    intro, ask = _instruction(rng, kind, n, held_wording)
+    ask = f"{ask} {question}".strip()
+    if layout == "parentheses" and rng.random() < 0.6:
+        lead = rng.choice(_LEADS_HELD_OUT if held_wording else _LEADS)
+        return f"{lead} {body}{'?' if lead.startswith(('Can', 'Could')) else '.'}" + (f" {question}" if question else "")
+    if layout == "parentheses":
+        body += "."
     if rng.random() < 0.3:
         parts = [ask, intro, body] if intro else [ask, body]
     else:
@@ -94,7 +163,11 @@ def _compose(rng: random.Random, intro: str, body: str, ask: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # Sub-questions over a small table (tables.py)
 
-def _ask_list(rng: random.Random, questions: list[str]) -> str:
+def _ask_list(rng: random.Random, questions: list[str], held_out: bool) -> str:
+    if held_out:  # lettered, or one per line: layouts kept out of training
+        if rng.random() < 0.5:
+            return " ".join(f"({chr(97 + i)}) {q}" for i, q in enumerate(questions))
+        return "\n" + "\n".join(f"- {q}" for q in questions)
     style = rng.randrange(3)
     if style == 0:
         return " ".join(questions)
@@ -103,32 +176,34 @@ def _ask_list(rng: random.Random, questions: list[str]) -> str:
     return rng.choice(["Please answer: ", "Questions: ", "Answer each of these: "]) + " ".join(questions)
 
 
-def _subquestions(rng: random.Random) -> Example:
+def _subquestions(rng: random.Random, d: Draw) -> Example:
     k = rng.randint(2, 4)
-    if rng.random() < 0.5:
-        names, values, unit, body = owners_table(rng, rng.randint(max(2, k - 1), 4))
+    owners = rng.random() < 0.5
+    if owners:
+        names, values, unit, body = owners_table(rng, rng.randint(max(2, k - 1), 4), d.pool, d.held_out and rng.random() < 0.5)
         kinds = ["lookup", "sum", "diff", "compare", "most", "fewest", "double"]
         picked = [rng.choice(kinds) for _ in range(k)]
         qs = [owner_question(rng, kd, names, values, unit) for kd in picked]
     else:
-        items, prices, cur, body = prices_table(rng, rng.randint(max(2, k - 1), 4))
+        items, prices, cur, body = prices_table(rng, rng.randint(max(2, k - 1), 4), d.held_out and rng.random() < 0.5)
         kinds = ["lookup", "sum", "multiple", "diff", "most", "fewest"]
         picked = [rng.choice(kinds) for _ in range(k)]
         qs = [price_question(rng, kd, items, prices, cur) for kd in picked]
-    prompt = f"{body} {_ask_list(rng, [q for q, _, _, _ in qs])}"
+    prompt = f"{body} {_ask_list(rng, [q for q, _, _, _ in qs], d.held_out)}".replace(" \n", "\n")
     spans = [(topic, a) for _, topic, a, _ in qs]
-    return Example("subquestions", prompt, [Round(spans)], [f for _, _, _, f in qs])
+    return Example("subquestions", prompt, [Round(spans)], [f for _, _, _, f in qs], held_out=d.held_out,
+                   pooled=owners)
 
 
 # ----------------------------------------------------------------------------------------------
 # Join: spans, then one sentence that depends on them
 
-def _join_profiles(rng: random.Random) -> Example:
+def _join_profiles(rng: random.Random, d: Draw) -> Example:
     n = rng.randint(2, 4)
-    entities = _profile_setup(rng, n)
-    kind = entities[0].kind
-    key = "age" if kind == "person" else rng.choice([k for k in ("founded", "staff") if k in entities[0].attrs])
-    intro, ask = _profile_instruction(rng, kind, n)
+    layout, held_wording = _layout(rng, d)
+    kind = "person" if rng.random() < 0.7 else "company"
+    key = "age" if kind == "person" else rng.choice(["founded", "staff"])
+    entities = _setup(rng, d, n, layout, required=key, kind=kind)
     vals = {e.name: int(e.attrs[key]) for e in entities}
     goal = rng.choice(["max", "min", "sum"] if n == 2 else ["max", "min"])  # sums of two: learnable at demo size
     if key == "age":
@@ -172,16 +247,19 @@ def _join_profiles(rng: random.Random) -> Example:
             q = rng.choice([f"Then say which company is the {word}.", f"Finally, which one has the {word} staff?"])
             final, sentence = x, rng.choice([f"{x} is the {word} by staff.", f"The {word} company is {x}."])
             topic = word
-    facts_text, entities = describe_prompt(rng, entities)
-    prompt = _compose(rng, intro, facts_text, f"{ask} {q}")
+    if len(set(vals.values())) != len(vals):
+        raise Retry  # "the oldest" needs one answer
+    body, entities = describe_prompt(rng, entities, layout)
+    prompt = _compose(rng, kind, n, body, layout, held_wording, q)
     spans = [(topic_of(e), describe_answer(rng, e)) for e in entities]
-    facts = [f for e in entities for f in entity_facts(e)]
-    return Example("join", prompt, [Round(spans), Round([(topic, sentence)])], facts, final)
+    groups = [entity_facts(e) for e in entities]
+    return Example("join", prompt, [Round(spans), Round([(topic, sentence)])], [f for g in groups for f in g], final,
+                   entities=groups, held_out=d.held_out, pooled=True)
 
 
-def _join_purchases(rng: random.Random) -> Example:
+def _join_purchases(rng: random.Random, d: Draw) -> Example:
     n = rng.randint(2, 3)
-    names = rng.sample(FEMALE + MALE, n)
+    names = first_names(rng, n, d.pool)
     items = rng.sample(ITEMS, n)
     cur = rng.choice(CURRENCIES)
     counts = [rng.randint(2, 5) for _ in range(n)]
@@ -218,14 +296,36 @@ def _join_purchases(rng: random.Random) -> Example:
                                      f"{cap(NUMBER_WORDS[k])} {pl} at {price} {cur} each cost {x} {t} {cur}.",
                                      f"{x} pays {k} times {price}, which is {t} {cur} for the {pl}."])))
     prompt = f"{body} {q}" if rng.random() < 0.7 else f"{q} {body}"
-    return Example("join", prompt, [Round(spans), Round([(topic, sentence)])], [str(t) for t in totals], final)
+    return Example("join", prompt, [Round(spans), Round([(topic, sentence)])], [str(t) for t in totals], final,
+                   held_out=d.held_out, pooled=True)
 
 
 # ----------------------------------------------------------------------------------------------
 # Short: one plain sentence, no plan
 
-def _short(rng: random.Random) -> Example:
-    kind = rng.randrange(7)
+# Requests outside the task: the answer says so, briefly, instead of another family's template.
+_UNSUPPORTED = ["Write a poem about {topic}.", "Tell me a joke about {topic}.", "Write a story about {topic}.",
+                "Translate 'good morning' into {language}.", "What will the weather be like in {city} tomorrow?",
+                "Write a Python function that sorts a list.", "Summarize today's news.", "Who won the match last night?",
+                "What is the meaning of life?", "Recommend a good book about {topic}.", "hello", "Hi there!",
+                "Explain how {topic} works.", "Give me a recipe for {topic} soup."]
+_UNSUPPORTED_HELD_OUT = ["Compose a song about {topic}.", "Plan a trip to {city} for me.", "Can you write an essay on {topic}?",
+                         "What's the capital of {city}?", "Help me fix my code.", "Good evening!"]
+_HONEST = ["Sorry, I cannot help with that: I am a small demo model that only describes people and companies, "
+           "answers questions about a small table, and does short arithmetic.",
+           "I cannot do that. I only answer questions about the people, companies, tables and numbers in your prompt.",
+           "Sorry, that is outside what I can do: I cannot answer it."]
+_TOPICS = ["the sea", "cats", "winter", "trains", "the moon", "coffee", "friendship", "mountains", "robots", "tomato"]
+_QUESTIONS = {"age": "How old is {x}?", "city": "Where does {x} live?", "job": "What does {x} do for a living?",
+              "hobby": "What does {x} enjoy doing?", "pet": "What pet does {x} have?",
+              "language": "Which language does {x} speak?", "color": "What is {x}'s favourite colour?"}
+_ANSWERS = {"age": "{x} is {v} years old.", "city": "{x} lives in {v}.", "job": "{x} works as {av}.",
+            "hobby": "{x} enjoys {v}.", "pet": "{x} has {av}.", "language": "{x} speaks {v}.",
+            "color": "{x}'s favourite colour is {v}."}
+
+
+def _short(rng: random.Random, d: Draw) -> Example:
+    kind = rng.randrange(8)
     if kind == 0:
         a, b = rng.randint(2, 99), rng.randint(2, 99)
         op = rng.choice(["plus", "minus", "times"])
@@ -234,20 +334,26 @@ def _short(rng: random.Random) -> Example:
         if op == "times":
             a, b = rng.randint(2, 12), rng.randint(2, 12)
         r = a + b if op == "plus" else a - b if op == "minus" else a * b
-        prompt = rng.choice([f"What is {a} {op} {b}?", f"Compute {a} {op} {b}.", f"Quick one: {a} {op} {b}?"])
-        answer = rng.choice([f"{a} {op} {b} is {r}.", f"The answer is {r}.", f"It equals {r}."])
+        asks = [f"Tell me {a} {op} {b}.", f"{a} {op} {b} = ?"] if d.held_out else [
+            f"What is {a} {op} {b}?", f"Compute {a} {op} {b}.", f"Quick one: {a} {op} {b}?"]
+        prompt = rng.choice(asks)
+        answer = rng.choice([f"{a} {op} {b} is {r}.", f"The answer is {r}.", f"{a} {op} {b} equals {r}."])
         fact = str(r)
     elif kind == 1:
         a, b = rng.sample(range(2, 1000), 2)
         big = rng.random() < 0.5
         word = "larger" if big else "smaller"
-        prompt = rng.choice([f"Which is {word}, {a} or {b}?", f"Which number is {word}: {a} or {b}?"])
+        asks = [f"{a} or {b}: which one is {word}?"] if d.held_out else [
+            f"Which is {word}, {a} or {b}?", f"Which number is {word}: {a} or {b}?"]
+        prompt = rng.choice(asks)
         r = max(a, b) if big else min(a, b)
         answer = rng.choice([f"The {word} number is {r}.", f"{r} is the {word} one."])
         fact = str(r)
     elif kind == 2:
-        w = rng.choice(WORDS + [invented(rng).lower() for _ in range(3)])
-        prompt = rng.choice([f"How many letters are in the word '{w}'?", f"Count the letters in \"{w}\"."])
+        w = rng.choice(WORDS + [vocab.pronounceable(rng) for _ in range(3)])
+        asks = [f"Spell out how many letters '{w}' has."] if d.held_out else [
+            f"How many letters are in the word '{w}'?", f"Count the letters in \"{w}\"."]
+        prompt = rng.choice(asks)
         answer = rng.choice([f"The word {w} has {len(w)} letters.", f"It has {len(w)} letters."])
         fact = str(len(w))
     elif kind == 3:
@@ -256,37 +362,45 @@ def _short(rng: random.Random) -> Example:
         after = rng.random() < 0.5
         j = (i + 1) % len(seq) if after else (i - 1) % len(seq)
         rel = "after" if after else "before"
-        prompt = rng.choice([f"Which {label} comes {rel} {seq[i]}?", f"What {label} is {rel} {seq[i]}?"])
+        asks = [f"Name the {label} {rel} {seq[i]}."] if d.held_out else [
+            f"Which {label} comes {rel} {seq[i]}?", f"What {label} is {rel} {seq[i]}?"]
+        prompt = rng.choice(asks)
         answer = rng.choice([f"The {label} {rel} {seq[i]} is {seq[j]}.", f"It is {seq[j]}."])
         fact = seq[j]
         prompt = f"{prompt}" if rng.random() < 0.5 else f"Short answer please. {prompt}"
     elif kind == 4:
         a = rng.randint(2, 999)
-        prompt = rng.choice([f"Is {a} even or odd?", f"Is the number {a} odd or even?"])
+        asks = [f"Odd or even: {a}?"] if d.held_out else [f"Is {a} even or odd?", f"Is the number {a} odd or even?"]
+        prompt = rng.choice(asks)
         parity = "even" if a % 2 == 0 else "odd"
         answer = rng.choice([f"{a} is {parity}.", f"It is {parity}."])
         fact = parity
+    elif kind == 5:
+        topic = rng.choice(_TOPICS)
+        request = rng.choice(_UNSUPPORTED_HELD_OUT if d.held_out else _UNSUPPORTED)
+        prompt = request.format(topic=topic, language=vocab.draw(rng, "language", d.pool), city=vocab.draw(rng, "city", d.pool))
+        answer = rng.choice(_HONEST)
+        fact = "cannot"
     else:
-        e = draw_entities(rng, "person", 1, rng.randint(2, 3), "age")[0]
-        key = rng.choice([k for k in e.attrs if k != "age"] + ["age"])
-        body, _ = describe_prompt(rng, [e], bullets=False)
+        layout = rng.choice(["sentence", "split", "parentheses", "key_value"] if not d.held_out else ["slash", "yaml"])
+        e = draw_entities(rng, "person", 1, (2, 4), d.pool)[0]
+        key = rng.choice(list(e.attrs))
+        body, _ = describe_prompt(rng, [e], layout)
+        if layout == "parentheses":
+            body += "."
         first = e.name.split()[0]
-        qs = {"age": f"How old is {first}?", "city": f"Where does {first} live?",
-              "job": f"What does {first} do for a living?", "hobby": f"What does {first} enjoy doing?",
-              "pet": f"What pet does {first} have?"}
-        prompt = f"{body} {qs[key]}" if rng.random() < 0.7 else f"{qs[key]} {body}"
-        v = e.attrs[key]
-        answers = {"age": f"{first} is {v} years old.", "city": f"{first} lives in {v}.",
-                   "job": f"{first} works as {article(str(v))} {v}.", "hobby": f"{first} enjoys {v}.",
-                   "pet": f"{first} has {article(str(v))} {v}."}
-        answer = answers[key]
-        fact = str(v)
-    return Example("short", prompt, [Round([], lead=answer)], [fact])
+        question = _QUESTIONS[key].format(x=first)
+        prompt = f"{body} {question}" if rng.random() < 0.7 else f"{question} {body}"
+        v = str(e.attrs[key])
+        answer = _ANSWERS[key].format(x=first, v=v, av=f"{article(v)} {v}")
+        fact = v
+    return Example("short", prompt, [Round([], lead=answer)], [fact], held_out=d.held_out, pooled=kind >= 6)
 
 
-MAKERS: dict[str, Callable[[random.Random], Example]] = {
+MAKERS: dict[str, Callable[[random.Random, Draw], Example]] = {
     "profiles": _profiles,
     "subquestions": _subquestions,
-    "join": lambda rng: _join_profiles(rng) if rng.random() < 0.5 else _join_purchases(rng),
+    # purchases have no held-out wording: the held-out split joins profiles only
+    "join": lambda rng, d: _join_profiles(rng, d) if d.held_out or rng.random() < 0.5 else _join_purchases(rng, d),
     "short": _short,
 }
