@@ -12,8 +12,9 @@ Rule: query q may attend to key k iff
 
 So the prompt and the plan are causal; a span sees the prefix and itself but not its siblings; nothing
 before a ``<sync/>`` sees a span of that round, and everything from the ``<sync/>`` on sees them all.
-A forward only materializes the rows it computes (queries × keys), and a request id can be added to
-the same rule to let many requests share one forward.
+A forward only materializes the rows it computes (queries × keys). When many requests share a
+forward (model_runner.py), the request term is the batch dimension: each request's queries attend
+over its own keys only, then by this rule.
 """
 
 from __future__ import annotations

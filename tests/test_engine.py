@@ -46,7 +46,7 @@ def alone(runtime, prompt, plan, options):
 def batched(runtime, cases, join_at, abort_at):
     """All cases through one engine: those in `join_at` added at that step, the extra request
     `abort_at` names aborted at that step; each request's events, drained step by step."""
-    engine = Engine(runtime.runner, max_tokens_per_step=64, max_requests=6)
+    engine = Engine(runtime.runner, max_tokens_per_step=64, max_requests=6, max_logit_rows_per_step=40)
     states, events = {}, {}
     pending = []
     for i, (prompt, plan, options) in enumerate(cases):

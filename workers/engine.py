@@ -32,9 +32,10 @@ class StepOutput:
 
 
 class Engine:
-    def __init__(self, runner: ModelRunner, max_tokens_per_step: int = 8192, max_requests: int = 64):
+    def __init__(self, runner: ModelRunner, max_tokens_per_step: int = 8192, max_requests: int = 64,
+                 max_logit_rows_per_step: int = 8192):
         self.runner = runner
-        self.scheduler = Scheduler(runner, max_tokens_per_step, max_requests)
+        self.scheduler = Scheduler(runner, max_tokens_per_step, max_requests, max_logit_rows_per_step)
         self.last_step: list[tuple] = []
 
     def add(self, request_id: str, state: RequestState, paused: bool = False) -> None:

@@ -4,8 +4,9 @@ Admission: a request runs once the KV pool holds its longest possible length, an
 `max_requests` run at once; the others wait, first come first served. Each step takes the next
 forward of every running request that is ready (the next planning token, or the live spans of a
 round being denoised), oldest-stepped first, while the step's tokens stay within
-`max_tokens_per_step`; a request whose forward alone exceeds the budget (a long prefill) runs in a
-step of its own. Requests join at any step and leave the moment they finish or are aborted.
+`max_tokens_per_step` and its logit rows (only positions still to be decided have one) within
+`max_logit_rows_per_step`; a request whose forward alone exceeds a budget (a long prefill) runs in
+a step of its own. Requests join at any step and leave the moment they finish or are aborted.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ class Entry:
 
 
 class Scheduler:
-    def __init__(self, runner: ModelRunner, max_tokens_per_step: int = 8192, max_requests: int = 64):
+    def __init__(self, runner: ModelRunner, max_tokens_per_step: int = 8192, max_requests: int = 64,
+                 max_logit_rows_per_step: int = 8192):
         self.runner = runner
         self.max_tokens_per_step = max_tokens_per_step
+        self.max_logit_rows_per_step = max_logit_rows_per_step  # rows × vocabulary: the step's largest tensors
         self.max_requests = max_requests
         self.waiting: deque[Entry] = deque()
         self.running: dict[str, Entry] = {}
@@ -62,15 +65,16 @@ class Scheduler:
     def schedule(self) -> tuple[list[Entry], list[Forward]]:
         ready = sorted((e for e in self.running.values() if not e.paused and e.state.phase is not Phase.DONE),
                        key=lambda e: e.last_step)
-        picked, forwards, tokens = [], [], 0
+        picked, forwards, tokens, rows = [], [], 0, 0
         for entry in ready:
             forward = entry.state.schedule()
-            cost = len(forward.positions)
-            if picked and tokens + cost > self.max_tokens_per_step:
+            cost, logit_rows = len(forward.positions), len(forward.logit_positions)
+            if picked and (tokens + cost > self.max_tokens_per_step or rows + logit_rows > self.max_logit_rows_per_step):
                 continue
             picked.append(entry)
             forwards.append(forward)
             tokens += cost
+            rows += logit_rows
         for entry in picked:
             entry.last_step = self.steps
         if picked:
