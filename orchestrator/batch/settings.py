@@ -15,8 +15,8 @@ class BatchSettings(GenerateSettings):
         "worker actors (executor ray); none = one per GPU of the cluster when the device is cuda, else 1"))
     device: str = Field("auto", description="cpu, cuda, or auto: cuda when there are GPUs (the Ray cluster's), else cpu")
     max_in_flight_per_worker: int = Field(8, ge=1, description=(
-        "requests each worker is given at once: what its engine can batch (one forward each in turn until "
-        "the batched engine lands)"))
+        "requests each worker is given at once, which its engine packs into shared forwards (it admits up to "
+        "64; on a GPU raise this towards that)"))
     max_prompt_tokens: int | None = Field(None, ge=1, description=(
         "a longer prompt is an error line; none = the model's context less one"))
     item_retries: int = Field(1, ge=0, le=5, description=(
