@@ -1,7 +1,7 @@
 """`plandiff batch` (issue 16): bad lines become error lines naming their field while the rest are
 done; a driver killed with SIGKILL midway and rerun writes every id exactly once, with the text of an
-uninterrupted run (greedy); a rerun of a finished batch writes nothing. The batch module imports
-without torch. (tests/test_batch_ray.py: `ray job submit` and Ray Data on a local head node.)
+uninterrupted run (greedy); a rerun of a finished batch writes nothing. The Ray Data predictor
+answers a batch with a bad row marked. The batch module imports without torch. (tests/test_batch_ray.py: `ray job submit` and Ray Data on a local head node.)
 
 All on the session's tiny random checkpoint with the in-process (`local`) executor."""
 
@@ -136,6 +136,28 @@ def test_a_driver_killed_midway_resumes_every_id_exactly_once_with_the_same_text
     assert sorted(ids) == sorted(expected) and len(ids) == len(set(ids))  # every id exactly once
     assert {r["id"]: r["text"] for r in records} == expected  # as an uninterrupted run
     assert records[:len(first)] == first  # nothing written before was touched
+
+
+def test_plandiff_predictor_answers_a_batch_as_map_batches_hands_it(compact_folder):
+    """A batch as Ray Data's default format gives it (a dict of numpy arrays); a bad row is marked,
+    not fatal. (The predictor inside a real Ray Data pipeline: tests/test_batch_ray.py.)"""
+    import numpy as np
+
+    from plandiff.model import InvalidRequestError
+    from plandiff.orchestrator.batch.ray_data import PlandiffPredictor
+
+    predictor = PlandiffPredictor(str(compact_folder), options={"max_new_tokens": 16}, device="cpu")
+    batch = {"id": np.array([1, 2, 3]), "prompt": np.array(["first", None, "third"], dtype=object)}
+    out = predictor(batch)
+    assert out["id"] == [1, 2, 3] and out["prompt"] == ["first", None, "third"]
+    assert [e == "" for e in out["error"]] == [True, False, True]
+    assert out["error"][1].startswith("InvalidRequestError") and out["generated_text"][1] is None
+    assert all(isinstance(out["generated_text"][i], str) and out["generated_tokens"][i] > 0 for i in (0, 2))
+    again = predictor({"prompt": np.array(["first"], dtype=object)})  # the actor's next call, same loop
+    assert again["generated_text"] == [out["generated_text"][0]]
+    with pytest.raises(InvalidRequestError) as err:
+        PlandiffPredictor(str(compact_folder), options={"temperature": -1}, device="cpu")
+    assert err.value.field == "temperature"
 
 
 def test_the_batch_module_imports_without_torch():
