@@ -147,8 +147,18 @@ class Worker:
             if not any(slot.phases for slot in self.slots.values()):
                 return
             started = time.perf_counter()
-            outputs = self.engine.step()
-            self.busy_seconds += time.perf_counter() - started
+            try:
+                outputs = self.engine.step()
+            except Exception as err:  # the forward itself failed (out of device memory, …): every running
+                # phase ends with the error rather than wait for a step that will not come
+                self.log.error("step_failed", error=f"{type(err).__name__}: {err}"[:500])
+                for request_id, slot in list(self.slots.items()):
+                    if slot.phases:
+                        self._stop(request_id, slot)
+                        slot.queue.put_nowait(err)
+                continue
+            finally:
+                self.busy_seconds += time.perf_counter() - started
             for output in outputs:
                 self._deliver(output)
             await asyncio.sleep(0 if outputs else IDLE_WAIT)
