@@ -231,8 +231,10 @@ class RequestState:
         self.forwards += 1
         self._fresh_cache = False
         computed = set(forward.positions)
-        self._dirty = {r for r in self._dirty if not self._region_positions(r) <= computed}
-        self._placed = {r for r in self._placed if not self._region_positions(r) <= computed}
+        if self._dirty or self._placed:
+            positions = self._region_positions(self._dirty | self._placed)
+            self._dirty = {r for r in self._dirty if not positions[r] <= computed}
+            self._placed = {r for r in self._placed if not positions[r] <= computed}
         if self.phase is Phase.PLAN:
             self._computed = len(self.tokens)
             self.round.plan_forwards += 1
@@ -581,8 +583,13 @@ class RequestState:
     def _masked(self, span: Span) -> int:
         return sum(1 for p in range(span.start + 1, span.end - 1) if self.tokens[p] == self.tags.mask)
 
-    def _region_positions(self, region: int) -> set[int]:
-        return {p for p, r in enumerate(self.layout.region) if r == region}
+    def _region_positions(self, regions: set[int]) -> dict[int, set[int]]:
+        """The positions of each of `regions`, in one pass over the layout (this runs every step)."""
+        positions: dict[int, set[int]] = {r: set() for r in regions}
+        for p, r in enumerate(self.layout.region):
+            if r in positions:
+                positions[r].add(p)
+        return positions
 
     def _stale_positions(self) -> list[int]:
         return [p for p, r in enumerate(self.layout.region) if r in self._dirty]
