@@ -267,10 +267,11 @@ class RayExecutor(Executor):
 
     def __init__(self, model: str, workers: int = 1, dtype: str | None = None, device: str = "cpu",
                  address: str | None = None, num_cpus_per_worker: float = 1.0, host: str | None = None,
-                 failover_wait: float = FAILOVER_WAIT):
+                 failover_wait: float = FAILOVER_WAIT, gpus_per_worker: float = 1.0):
         """`address`: an existing cluster (or $RAY_ADDRESS); none: an embedded one, on 127.0.0.1
         unless `host` is given. `failover_wait`: seconds a request waits for a lost worker (or any)
-        to answer again before `WorkersUnavailableError`."""
+        to answer again before `WorkersUnavailableError`. `gpus_per_worker`: Ray's GPU share of each
+        actor on cuda (below 1, several engines share a GPU, each with its own copy of the weights)."""
         import ray
 
         from plandiff.workers.actor import remote_worker_class
@@ -278,7 +279,7 @@ class RayExecutor(Executor):
         self.failover_wait = failover_wait
         self.started_ray = connect_ray(address, host)
         gpu = device.startswith("cuda")
-        cls = remote_worker_class(num_cpus=0 if gpu else num_cpus_per_worker, num_gpus=1 if gpu else 0)
+        cls = remote_worker_class(num_cpus=0 if gpu else num_cpus_per_worker, num_gpus=gpus_per_worker if gpu else 0)
         self.workers = [
             RayWorkerHandle(cls.remote(str(model), dtype, "cuda" if gpu else device, f"worker-{i}"), f"worker-{i}")
             for i in range(workers)
@@ -298,5 +299,6 @@ def build_executor(settings: RunSettings, kind: str | None = None) -> Executor:
     kind = kind or settings.executor
     if kind == "ray":
         return RayExecutor(settings.model, workers=settings.workers, dtype=settings.dtype, device=settings.device,
-                           address=settings.address, host=settings.ray_host, failover_wait=settings.failover_wait)
+                           address=settings.address, host=settings.ray_host, failover_wait=settings.failover_wait,
+                           gpus_per_worker=settings.gpus_per_worker)
     return LocalExecutor(settings.model, dtype=settings.dtype, device=settings.device)

@@ -31,6 +31,8 @@ class RunSettings(BaseSettings):
         "local: the worker in this process (starting Ray costs seconds); ray: worker actors"))
     workers: int = Field(1, ge=1, description="worker actors (executor ray)")
     address: str | None = Field(None, description="an existing Ray cluster (executor ray); none = a local one")
+    gpus_per_worker: float = Field(1.0, gt=0, le=1, description=(
+        "the share of a GPU each worker actor takes (executor ray, device cuda): 0.5 puts two engines on one GPU"))
     ray_host: str | None = Field(None, description=(
         "the address a local Ray cluster advertises and listens on (executor ray, no address); none = 127.0.0.1 only"))
     failover_wait: float = Field(60.0, gt=0, description=(

@@ -370,6 +370,12 @@ def test_settings_errors(env, tmp_path):
     env.setenv("PLANDIFF_WORKERS", "many")
     with pytest.raises(InvalidRequestError, match="workers"):
         load_settings(RunSettings, None, {})
+    env.delenv("PLANDIFF_WORKERS")
+    for share in (0, 1.5):  # a GPU share is in (0, 1]: above 1 an engine would span GPUs it cannot use
+        with pytest.raises(InvalidRequestError, match="gpus_per_worker") as caught:
+            load_settings(RunSettings, None, {"gpus_per_worker": share})
+        assert caught.value.field == "gpus_per_worker"
+    assert load_settings(RunSettings, None, {"gpus_per_worker": 0.5}).gpus_per_worker == 0.5
 
 
 def test_settings_precedence_end_to_end(plandiff, sent, env, compact_folder, preset):

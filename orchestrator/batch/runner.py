@@ -166,9 +166,10 @@ def build_batch_executor(settings: BatchSettings) -> Executor:
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         device = settings.device if settings.device != "auto" else ("cuda" if gpus else "cpu")
-        workers = settings.workers or (max(gpus, 1) if device.startswith("cuda") else 1)
+        per_gpu = int(1 / settings.gpus_per_worker + 1e-9) if device.startswith("cuda") else 0
+        workers = settings.workers or (max(gpus * per_gpu, 1) if per_gpu else 1)
         executor = RayExecutor(settings.model, workers=workers, dtype=settings.dtype, device=device,
-                               failover_wait=settings.failover_wait)
+                               failover_wait=settings.failover_wait, gpus_per_worker=settings.gpus_per_worker)
     except BaseException:
         if started:
             ray.shutdown()
