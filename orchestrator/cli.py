@@ -229,8 +229,11 @@ def add_eval(sub) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder")
     p.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"], default="planned")
     p.add_argument("--label", help="the model's name in the report (default: folder name and mode)")
-    p.add_argument("--examples", type=int, default=200)
+    p.add_argument("--examples", type=int, default=200, help="per split")
     p.add_argument("--seed", type=int, default=0, help="the data seed the model was trained with")
+    p.add_argument("--split", nargs="+", choices=["test", "heldout"], default=["test", "heldout"],
+                   help="test: the training wording and layout families (in-family); heldout: the families "
+                        "kept out of training; both draw names and values no training example has")
     p.add_argument("--steps-ratio", type=float, nargs="+", default=[1.0], help="one row per value")
     p.add_argument("--order", choices=["entropy", "confidence", "margin", "threshold", "adaptive"], default="entropy")
     p.add_argument("--threshold", type=float, nargs="+", help="τ values (order threshold or adaptive): one row each")
@@ -261,25 +264,30 @@ def run_eval(args) -> int:
     if args.examples < 1:
         raise InvalidRequestError("--examples must be at least 1")
     runtime = ModelRuntime.load(args.model, device=args.device)
-    examples = make_split("test", args.examples, args.seed)
+    splits = {split: make_split(split, args.examples, args.seed) for split in args.split}
     label = args.label or f"{Path(args.model).name} ({args.mode})"
     device = args.device if not args.device.startswith("cuda") else torch_device_name(args.device)
     device = f"{device}, {platform.processor() or platform.machine()}" if device == "cpu" else device
-    print(f"{args.model}, mode {args.mode}, {len(examples)} test examples, {device}")
-    print(f"{'options':44s} {'accuracy':>8s} {'valid':>6s} {'critical path':>13s} {'denoising':>9s} {'s/answer':>8s}")
+    print(f"{args.model}, mode {args.mode}, {args.examples} examples per split ({', '.join(splits)}), {device}")
+    print(f"{'split':8s} {'options':44s} {'accuracy':>8s} {'facts':>6s} {'spans=':>6s} {'valid':>6s} "
+          f"{'critical path':>13s} {'denoising':>9s} {'s/answer':>8s}")
     rows = []
-    total = len(examples) * len(args.steps_ratio) * len(args.threshold or [None])
+    total = sum(map(len, splits.values())) * len(args.steps_ratio) * len(args.threshold or [None])
     bar = tqdm(total=total, desc="answers", unit="answer", leave=False, disable=not sys.stderr.isatty())
     with worker_pool(runtime, args.workers) if args.workers > 1 else nullcontext() as pool:
-        for shown, result in sweep(runtime, examples, args.mode, args.steps_ratio, args.order, args.threshold,
-                                   args.max_new_tokens, lambda: bar.update(1), pool):
-            rows.append({"label": label, "model": args.model, "mode": args.mode, "options": shown, "device": device,
-                         "workers": args.workers, "date": datetime.date.today().isoformat(), **result.__dict__})
-            text = ", ".join(f"{k}={v}" for k, v in shown.items())
-            # above the progress bar, not through it
-            tqdm.write(f"{text:44s} {result.accuracy:8.1%} {result.valid_plans:6.1%} {result.critical_path:13.1f} "
-                       f"{result.denoising:9.1f} {result.seconds:8.3f}", file=sys.stdout)
-            sys.stdout.flush()  # each row as it is measured, also into a log file
+        for split, examples in splits.items():
+            for shown, result in sweep(runtime, examples, args.mode, args.steps_ratio, args.order, args.threshold,
+                                       args.max_new_tokens, lambda: bar.update(1), pool):
+                rows.append({"label": label, "split": split, "model": args.model, "mode": args.mode, "options": shown,
+                             "device": device, "workers": args.workers, "date": datetime.date.today().isoformat(),
+                             **result.__dict__})
+                text = ", ".join(f"{k}={v}" for k, v in shown.items())
+                spans = "" if result.spans_match is None else f"{result.spans_match:.1%}"
+                # above the progress bar, not through it
+                tqdm.write(f"{split:8s} {text:44s} {result.accuracy:8.1%} {result.facts_right:6.1%} {spans:>6s} "
+                           f"{result.valid_plans:6.1%} {result.critical_path:13.1f} {result.denoising:9.1f} "
+                           f"{result.seconds:8.3f}", file=sys.stdout)
+                sys.stdout.flush()  # each row as it is measured, also into a log file
     bar.close()
     if args.report:
         add_rows(args.report, rows)

@@ -1,5 +1,6 @@
-"""`plandiff generate` on a terminal: the plan as it is written, every span of the round filling in
-parallel (· marks a slot still masked), then the answer. Built from the orchestrator's events only."""
+"""`plandiff generate` on a terminal: the plan as it is written (its topics and lengths, not its tags),
+every span of the round filling in parallel (· marks a slot still masked), then the labelled answer.
+Built from the orchestrator's events only; a legend says what the marks mean, for a first reader."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ class LiveView:
             self.answer = event.text
 
     def render(self) -> Group:
-        parts = []
+        parts = [] if self.rounds[0].plan or self.answer else [Text("planning…", style="dim")]
         for index, r in enumerate(self.rounds):
             if not r.plan and not r.spans:
                 continue
@@ -79,24 +80,49 @@ class LiveView:
                 title.append(f", {r.steps} denoising steps", style="dim")
             if r.replans:
                 title.append(f", planned again {r.replans}× (spans overflowed)", style="dim")
-            parts += [title, Text("  plan  ", style="dim") + Text(self.codec.tokenizer.decode(r.plan), style="cyan")]
+            parts += [title, Text("  plan  ", style="dim") + self._plan(r)]
             if r.spans:
                 table = Table.grid(padding=(0, 1))
                 table.add_column(style="magenta", no_wrap=True)
                 table.add_column()
                 table.add_column(style="dim", justify="right", no_wrap=True)
                 for span in r.spans:
-                    filled = sum(1 for t in span.slots if t != self.codec.tags.mask)
-                    note = f"{filled}/{span.length}" + (f" retried {span.retried}×" if span.retried else "")
-                    table.add_row(f"  {span.topic}:", self._slots(span), note)
+                    table.add_row(f"  {span.topic}:", self._slots(span), self._count(span))
                 parts.append(table)
+        if any(r.spans for r in self.rounds):
+            parts.append(Text("  · a slot still masked; green: written while its span still fills (the spans fill in parallel); "
+                              "n/m: tokens written of the slots promised, room left unused not counted", style="dim"))
         if self.answer:
-            parts += [Text(""), Text(self.answer, style="bold")]
+            parts += [Text(""), Text("answer", style="bold underline"), Text(self.answer, style="bold")]
         if self.done is not None:
             u = self.done.usage
             parts.append(Text(f"{u.generated_tokens} tokens, {u.critical_path} forward passes on the critical path, "
                               f"{u.total_seconds:.2f} s, finish: {self.done.finish_reason}", style="dim"))
         return Group(*parts)
+
+    def _plan(self, r: _Round) -> Text:
+        """The plan as a reader would say it: one "topic (n slots)" per promise, then any topic
+        still being written; plain text of the round as it is."""
+        tags = self.codec.tags
+        out = Text()
+        for span in r.spans:
+            out.append(f"{span.topic} ", style="cyan")
+            out.append(f"({span.length} slots)  ", style="dim")
+        tail = r.plan
+        if tags.promise_open in tail:
+            tail = tail[len(tail) - tail[::-1].index(tags.promise_open) - 1:]
+        pending = [t for t in tail if t not in tags.structural and t not in tags.end]
+        if tail[:1] == [tags.promise_open] and tags.promise_close not in tail:
+            out.append(self.codec.tokenizer.decode(pending) + "…", style="cyan")
+        elif not r.spans and pending:
+            out.append(self.codec.tokenizer.decode(pending), style="cyan")
+        return out
+
+    def _count(self, span: _Span) -> str:
+        """Tokens written of the slots promised; [PAD] (room left) and masks are not counted."""
+        tags = self.codec.tags
+        written = sum(1 for t in span.slots if t not in (tags.mask, tags.pad))
+        return f"{written}/{span.length}" + (f" retried {span.retried}×" if span.retried else "")
 
     def _slots(self, span: _Span) -> Text:
         """Committed slots as text, masked ones as ·, trailing [PAD]s (room left) dropped."""

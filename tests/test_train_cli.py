@@ -140,29 +140,31 @@ def test_a_missing_tokenizer_folder_fails_before_the_data_is_drawn(tmp_path, cap
 def test_eval_writes_a_report_that_accumulates(tmp_path, capsys):
     report = tmp_path / "report"
     assert cli.main(["eval", "--model", DEMO_PD, "--label", "PD", "--examples", "4", "--steps-ratio", "1.0", "0.5",
-                     "--order", "adaptive", "--threshold", "0.9", "--report", str(report)]) == 0
+                     "--order", "adaptive", "--threshold", "0.9", "--split", "test", "--report", str(report)]) == 0
     assert cli.main(["eval", "--model", DEMO_AR, "--mode", "autoregressive", "--label", "AR", "--examples", "4",
-                     "--report", str(report)]) == 0
+                     "--report", str(report)]) == 0  # both splits, in-family and held-out
     rows = json.loads((report / "results.json").read_text())
-    assert [(r["label"], r["options"]) for r in rows] == [
-        ("PD", {"steps_ratio": 1.0, "order": "adaptive", "threshold": 0.9}),
-        ("PD", {"steps_ratio": 0.5, "order": "adaptive", "threshold": 0.9}),
-        ("AR", {"steps_ratio": 1.0, "order": "entropy"}),
+    assert [(r["label"], r["split"], r["options"]) for r in rows] == [
+        ("PD", "test", {"steps_ratio": 1.0, "order": "adaptive", "threshold": 0.9}),
+        ("PD", "test", {"steps_ratio": 0.5, "order": "adaptive", "threshold": 0.9}),
+        ("AR", "test", {"steps_ratio": 1.0, "order": "entropy"}),
+        ("AR", "heldout", {"steps_ratio": 1.0, "order": "entropy"}),
     ]
     for row in rows:
         assert row["examples"] == 4 and 0 <= row["accuracy"] <= 1 and 0 <= row["valid_plans"] <= 1
+        assert 0 <= row["facts_right"] <= 1 and (row["spans_match"] is None) == (row["mode"] == "autoregressive")
         assert row["critical_path"] > row["denoising"] >= 0
         assert set(row["by_family"]) <= {"profiles", "subquestions", "join", "short"}
     assert rows[0]["critical_path"] >= rows[1]["critical_path"]  # fewer steps, never more forwards
     table = (report / "results.md").read_text()
-    assert "| PD | steps_ratio=0.5, order=adaptive, threshold=0.9 |" in table and "| AR |" in table
+    assert "| PD | test | steps_ratio=0.5, order=adaptive, threshold=0.9 |" in table and "| AR | heldout |" in table
     assert "| 95 % interval |" in table
     assert (report / "latency-accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the same row measured again replaces the old one
     assert cli.main(["eval", "--model", DEMO_AR, "--mode", "autoregressive", "--label", "AR", "--examples", "2",
-                     "--report", str(report)]) == 0
+                     "--split", "heldout", "--report", str(report)]) == 0
     rows = json.loads((report / "results.json").read_text())
-    assert len(rows) == 3 and rows[-1]["examples"] == 2
+    assert len(rows) == 4 and rows[-1]["examples"] == 2 and rows[-1]["split"] == "heldout"
 
 
 def test_report_intervals_are_wilson_score_intervals():
@@ -182,7 +184,7 @@ def test_eval_in_worker_processes_gives_the_same_answers(tmp_path, capsys):
     for workers in (1, 2):
         report = tmp_path / f"w{workers}"
         assert cli.main(["eval", "--model", DEMO_PD, "--examples", "6", "--order", "adaptive", "--threshold", "0.9",
-                         "--workers", str(workers), "--report", str(report)]) == 0
+                         "--split", "test", "--workers", str(workers), "--report", str(report)]) == 0
         (row,) = json.loads((report / "results.json").read_text())
         rows[workers] = row
     drop = ("seconds", "workers")

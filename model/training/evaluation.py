@@ -1,5 +1,6 @@
-"""Scoring a checkpoint on the synthetic task's test split: accuracy (every fact checked), plan
-validity, critical path (sequential forwards) and wall time, for one set of generation options."""
+"""Scoring a checkpoint on a split of the synthetic task: accuracy (every fact checked, each in its
+own entity's part of the answer), facts right, plans whose spans match the entities, plan validity,
+critical path (sequential forwards) and wall time, for one set of generation options."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ class Evaluation:
     accuracy: float
     by_family: dict[str, float]
     valid_plans: float  # answers that ended normally with no malformed-plan fallback
+    facts_right: float  # facts found where they belong (an entity's fact in its own part), of all facts
+    spans_match: float | None  # planned answers whose first round has one span per entity (or question)
     critical_path: float  # mean sequential forwards per answer
     denoising: float  # of which denoising steps (the rest: prompt, plan and plain-text tokens)
     seconds: float  # mean wall time per answer
@@ -36,6 +39,9 @@ class Answer:
     family: str
     correct: bool
     valid: bool
+    facts_found: int
+    facts_total: int
+    spans_match: bool | None  # None: no plan to check (autoregressive, or a family with no span)
     forwards: int
     denoising: int
     seconds: float
@@ -45,9 +51,13 @@ def answer(runtime: ModelRuntime, example: Example, options: GenerationOptions) 
     started = time.perf_counter()
     result = runtime.generate(example.prompt, options)
     seconds = time.perf_counter() - started
-    return Answer(example.family, score(example, result.text)["correct"],
-                  result.fallback is None and result.finish_reason == "end", result.usage.critical_path,
-                  sum(result.usage.steps_per_round), seconds)
+    scored = score(example, result.text)
+    gold = len(example.rounds[0].spans)
+    planned = options.mode == "planned" and gold > 0
+    spans = len(result.rounds[0].spans) if result.rounds else 0
+    return Answer(example.family, scored["correct"], result.fallback is None and result.finish_reason == "end",
+                  scored["facts_found"], scored["facts_total"], spans == gold if planned else None,
+                  result.usage.critical_path, sum(result.usage.steps_per_round), seconds)
 
 
 def summarize(answers: list[Answer]) -> Evaluation:
@@ -55,10 +65,13 @@ def summarize(answers: list[Answer]) -> Evaluation:
     for a in answers:
         families.setdefault(a.family, []).append(a.correct)
     n = max(1, len(answers))
+    plans = [a.spans_match for a in answers if a.spans_match is not None]
     return Evaluation(
         examples=len(answers), accuracy=sum(a.correct for a in answers) / n,
         by_family={family: sum(v) / len(v) for family, v in sorted(families.items())},
         valid_plans=sum(a.valid for a in answers) / n,
+        facts_right=sum(a.facts_found for a in answers) / max(1, sum(a.facts_total for a in answers)),
+        spans_match=sum(plans) / len(plans) if plans else None,
         critical_path=statistics.fmean(a.forwards for a in answers),
         denoising=statistics.fmean(a.denoising for a in answers),
         seconds=statistics.fmean(a.seconds for a in answers),

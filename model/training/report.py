@@ -33,19 +33,25 @@ def add_rows(folder: str | Path, rows: list[dict]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     families = sorted({f for r in rows for f in r["by_family"]})
-    head = ["model", "options", "accuracy", "95 % interval", *families, "valid plans", "critical path",
-            "of which denoising", "s/answer", "n"]
+    head = ["model", "split", "options", "accuracy", "95 % interval", *families, "facts right", "spans = entities",
+            "valid plans", "critical path", "of which denoising", "s/answer", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         low, high = wilson(r["accuracy"], r["examples"])
-        cells = [r["label"], _options(r["options"]), f"{r['accuracy']:.1%}", f"{low:.1%}–{high:.1%}",
+        spans = r.get("spans_match")
+        cells = [r["label"], r.get("split", "test"), _options(r["options"]), f"{r['accuracy']:.1%}", f"{low:.1%}–{high:.1%}",
                  *(f"{r['by_family'][f]:.0%}" if f in r["by_family"] else "" for f in families),
+                 f"{r['facts_right']:.1%}" if "facts_right" in r else "", "" if spans is None else f"{spans:.1%}",
                  f"{r['valid_plans']:.1%}", f"{r['critical_path']:.1f}",
                  f"{r['denoising']:.1f}" if "denoising" in r else "", f"{r['seconds']:.3f}", str(r["examples"])]
         lines.append("| " + " | ".join(cells) + " |")
     devices = sorted({r["device"] for r in rows})
     lines += ["", "critical path: mean sequential forward passes per answer; of which denoising: the diffusion steps "
               f"among them (the rest are the prompt, plan and plain-text tokens). s/answer: wall time on {', '.join(devices)}.",
+              "", "split: test draws the training wording and layout families, heldout the families kept out of "
+              "training; both from the test value pool (no name, city or job of training). facts right: facts found in "
+              "their own entity's part of the answer; spans = entities: planned answers with one span per entity or "
+              "question.",
               "", "95 % interval: the Wilson score interval of the accuracy over the row's n examples (sampling "
               "error only: two rows on the same prompts differ by less than their intervals suggest)."]
     return "\n".join(lines) + "\n"
@@ -69,16 +75,19 @@ def plot(rows: list[dict], path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     labels = []  # (x, y, text, colour): each point named by what changes along its line
-    for label in dict.fromkeys(r["label"] for r in rows):
-        mine = sorted((r for r in rows if r["label"] == label), key=lambda r: r["critical_path"])
-        (drawn,) = axes.plot([r["critical_path"] for r in mine], [100 * r["accuracy"] for r in mine], "o-", label=label)
+    for label, split in dict.fromkeys((r["label"], r.get("split", "test")) for r in rows):
+        mine = sorted((r for r in rows if r["label"] == label and r.get("split", "test") == split),
+                      key=lambda r: r["critical_path"])
+        (drawn,) = axes.plot([r["critical_path"] for r in mine], [100 * r["accuracy"] for r in mine],
+                             "o-" if split == "test" else "s--", label=f"{label}, {split}")
         varying = [k for k in mine[0]["options"] if len({str(r["options"].get(k)) for r in mine}) > 1]
         labels += [(r["critical_path"], 100 * r["accuracy"],
                     " ".join(f"{_SHORT.get(k, k)}={r['options'].get(k)}" for k in varying), drawn.get_color())
                    for r in (mine if varying else [])]
     largest = {}  # the goal line, half the AR critical path: one per AR model, from its largest sample
     for r in rows:
-        if r["mode"] == "autoregressive" and r["examples"] >= largest.get(r["model"], {}).get("examples", 0):
+        if r["mode"] == "autoregressive" and r.get("split", "test") == "test" and \
+                r["examples"] >= largest.get(r["model"], {}).get("examples", 0):
             largest[r["model"]] = r
     for r in largest.values():
         axes.axvline(r["critical_path"] / 2, color="grey", linestyle=":", linewidth=1)
@@ -126,7 +135,7 @@ _SHORT = {"steps_ratio": "ratio", "threshold": "τ"}
 
 
 def _key(row: dict) -> str:
-    return json.dumps([row["label"], row["options"]], sort_keys=True)
+    return json.dumps([row["label"], row.get("split", "test"), row["options"]], sort_keys=True)
 
 
 def _options(options: dict) -> str:
