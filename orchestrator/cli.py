@@ -343,6 +343,8 @@ def run_generate(args) -> int:
     stdout = sys.stdout
     if args.json:  # stdout carries the JSON only: what else prints (Ray's notices, forwarded lines) goes to stderr
         sys.stdout = sys.stderr
+    if live:  # something on the screen while the model loads (a newcomer otherwise sees nothing)
+        print(f"loading {settings.model} …", flush=True)
     try:
         executor = build_executor(settings)
         try:
