@@ -33,14 +33,18 @@ class KVPool:
         self.free_blocks = list(range(blocks - 1, -1, -1))  # popped from the end: low blocks first
 
     @classmethod
-    def for_network(cls, network, max_bytes: int | None = None, memory_fraction: float = 0.6) -> KVPool:
+    def for_network(cls, network, max_bytes: int | None = None, memory_fraction: float = 0.6,
+                    device_share: float = 1.0) -> KVPool:
         """A pool for `network`: on CUDA `memory_fraction` of the free device memory (the rest is left
         to activations and logits), allocated now; elsewhere up to `max_bytes` (default 1 GiB), grown
-        on demand."""
+        on demand. `device_share` < 1: engines share the GPU (Ray's fractional GPUs), so the pool is
+        taken from at most that share of the device's memory; the first engine to start would
+        otherwise leave the next too little for its activations (measured: out of memory at 2 × 0.5)."""
         config, device = network.config, network.device
         per_slot = bytes_per_position(config, network.dtype)
         if device.type == "cuda" and max_bytes is None:
-            free, _ = torch.cuda.mem_get_info(device)
+            free, total = torch.cuda.mem_get_info(device)
+            free = min(free, int(total * device_share))
             return cls(config, device, network.dtype, int(free * memory_fraction) // per_slot)
         limit = max_bytes if max_bytes is not None else 1 << 30
         return cls(config, device, network.dtype, limit // per_slot, initial_slots=4096)

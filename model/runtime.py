@@ -10,6 +10,7 @@ import torch
 from .codec import DEFAULT_SYSTEM, TextCodec
 from .generation import LogitsProcessor, Phase, RequestState
 from .loading import Checkpoint, load_checkpoint
+from .kv_pool import KVPool
 from .model_runner import ModelRunner
 from .options import GenerationOptions
 from .result import GenerationResult
@@ -26,10 +27,14 @@ class ModelRuntime:
         self.codec = TextCodec(checkpoint.tokenizer, checkpoint.profile, checkpoint.tags,
                                checkpoint.config.vocab_size, checkpoint.config.max_position_embeddings)
         self._runner: ModelRunner | None = None
+        self.device_share = 1.0  # the share of the device this runtime's KV pool may take (KVPool.for_network)
 
     @classmethod
-    def load(cls, folder: str | Path, dtype: str | None = None, device: str = "cpu") -> ModelRuntime:
-        return cls(load_checkpoint(folder, dtype=dtype, device=device))
+    def load(cls, folder: str | Path, dtype: str | None = None, device: str = "cpu",
+             device_share: float = 1.0) -> ModelRuntime:
+        runtime = cls(load_checkpoint(folder, dtype=dtype, device=device))
+        runtime.device_share = device_share
+        return runtime
 
     # ------------------------------------------------------------------ prompts and plans
 
@@ -60,7 +65,7 @@ class ModelRuntime:
     def runner(self) -> ModelRunner:
         """The model runner (and its KV pool) of this runtime, made on first use."""
         if self._runner is None:
-            self._runner = ModelRunner(self.network)
+            self._runner = ModelRunner(self.network, KVPool.for_network(self.network, device_share=self.device_share))
         return self._runner
 
     def run(self, state: RequestState) -> RequestState:

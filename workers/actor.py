@@ -40,7 +40,10 @@ class WorkerActor(Worker):
         stdout_to_stderr()
         configure_logging()
         restore_priority()
-        super().__init__(model, dtype=dtype, device=device, name=name, flush_interval=flush_interval)
+        # Ray's fractional GPUs (gpus_per_worker < 1): the KV pool takes only this actor's share.
+        share = min(ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0), 1.0) or 1.0
+        super().__init__(model, dtype=dtype, device=device, name=name, flush_interval=flush_interval,
+                         device_share=share)
 
     @ray.method(concurrency_group="control")
     def cancel(self, request_id: str) -> bool:

@@ -48,14 +48,17 @@ class Slot:
 
 class Worker:
     def __init__(self, model: str | ModelRuntime, dtype: str | None = None, device: str = "cpu", name: str = "worker",
-                 flush_interval: float = 0.0, max_tokens_per_step: int = 8192, max_requests: int = 64):
+                 flush_interval: float = 0.0, max_tokens_per_step: int = 8192, max_requests: int = 64,
+                 device_share: float = 1.0):
         """`flush_interval`: seconds to gather a phase's events before yielding them (0 = after every
         forward); across Ray each yielded item costs a message, so remote workers batch.
         `max_tokens_per_step`, `max_requests`: the engine's token budget and admission limit.
-        `model`: a checkpoint folder, or a loaded runtime (benchmarks build random weights in place)."""
+        `model`: a checkpoint folder, or a loaded runtime (benchmarks build random weights in place).
+        `device_share`: the share of the GPU this worker has (several workers on one GPU)."""
         self.name = name
         self.flush_interval = flush_interval
-        self.runtime = model if isinstance(model, ModelRuntime) else ModelRuntime.load(model, dtype=dtype, device=device)
+        self.runtime = model if isinstance(model, ModelRuntime) else ModelRuntime.load(
+            model, dtype=dtype, device=device, device_share=device_share)
         self.engine = Engine(self.runtime.runner, max_tokens_per_step, max_requests)
         self.slots: dict[str, Slot] = {}
         self.busy_seconds = 0.0  # time spent in engine steps (forwards and state updates)
