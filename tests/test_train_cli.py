@@ -53,17 +53,18 @@ def test_train_writes_a_loadable_checkpoint(tmp_path, capsys, mode):
 
 def test_the_weights_kept_are_those_of_the_best_validation(tmp_path, capsys):
     """A learning rate far too high makes validation worse after the first steps: the checkpoint
-    saved is the one of the lowest validation loss, not the last."""
+    saved is the one of the lowest validation loss, not the last. (At 3.0 on task version 4 the
+    loss could also sink back by the sixth step, or sit at one value: too chaotic to test on.)"""
     recipe = yaml.safe_load(open(RECIPE))
-    recipe.update(output=str(tmp_path / "out"), learning_rate=3.0, warmup_steps=1, eval_every=1)
+    recipe.update(output=str(tmp_path / "out"), learning_rate=1.0, warmup_steps=1, eval_every=1)
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    assert cli.main(["train", "--config", str(tmp_path / "r.yaml"), "--steps", "6", "--device", "cpu"]) == 0
+    assert cli.main(["train", "--config", str(tmp_path / "r.yaml"), "--steps", "3", "--device", "cpu"]) == 0
     out, err = capsys.readouterr()
     losses = [json.loads(line)["validation_loss"] for line in err.splitlines() if '"validation"' in line]
-    assert len(losses) == 6 and min(losses) < losses[-1]
+    assert len(losses) == 3 and min(losses) < losses[-1]
     best = losses.index(min(losses)) + 1
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["step"] == best and summary["last"]["step"] == 6
+    assert summary["step"] == best and summary["last"]["step"] == 3
     assert json.loads((tmp_path / "out" / "training.json").read_text())["metrics"]["step"] == best
 
 
