@@ -295,10 +295,30 @@ class RayExecutor(Executor):
 
 
 def build_executor(settings: RunSettings, kind: str | None = None) -> Executor:
-    """The one place an executor is made from settings (`kind` overrides settings.executor)."""
+    """The one place an executor is made from settings (`kind` overrides settings.executor). A device
+    of `auto` is cuda where there are GPUs (the Ray cluster's, or this machine's); no `workers`
+    (batch's default) is one engine per GPU share of the cluster on cuda, else one."""
     kind = kind or settings.executor
-    if kind == "ray":
-        return RayExecutor(settings.model, workers=settings.workers, dtype=settings.dtype, device=settings.device,
-                           address=settings.address, host=settings.ray_host, failover_wait=settings.failover_wait,
-                           gpus_per_worker=settings.gpus_per_worker)
-    return LocalExecutor(settings.model, dtype=settings.dtype, device=settings.device)
+    if kind != "ray":
+        device = settings.device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return LocalExecutor(settings.model, dtype=settings.dtype, device=device)
+    import ray
+
+    started = connect_ray(settings.address, settings.ray_host)
+    try:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        device = settings.device if settings.device != "auto" else ("cuda" if gpus else "cpu")
+        per_gpu = int(1 / settings.gpus_per_worker + 1e-9) if device.startswith("cuda") else 0
+        workers = settings.workers or (max(gpus * per_gpu, 1) if per_gpu else 1)
+        executor = RayExecutor(settings.model, workers=workers, dtype=settings.dtype, device=device,
+                               failover_wait=settings.failover_wait, gpus_per_worker=settings.gpus_per_worker)
+    except BaseException:
+        if started:
+            ray.shutdown()
+        raise
+    executor.started_ray = started  # this call connected: the executor's shutdown disconnects
+    return executor

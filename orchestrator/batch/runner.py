@@ -19,7 +19,7 @@ from plandiff.model.codec import TextCodec
 from plandiff.model.errors import InvalidRequestError, PlandiffError, PromptTooLongError
 from plandiff.workers.logs import get_logger
 
-from ..executors import Executor, LocalExecutor, RayExecutor, WorkerLost, connect_ray
+from ..executors import Executor, WorkerLost, build_executor
 from ..orchestrator import GenerateRequest, Orchestrator
 from .lines import DuplicateIdError, Item, LineError, count_lines, id_key, parse_line, read_lines
 from .output import ResultsFile
@@ -151,33 +151,6 @@ class Batch:
         self.progress.advance()
 
 
-def build_batch_executor(settings: BatchSettings) -> Executor:
-    """The executor of a batch: `local`, or Ray actors, one per GPU of the cluster by default."""
-    if settings.executor == "local":
-        device = settings.device
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return LocalExecutor(settings.model, dtype=settings.dtype, device=device)
-    import ray
-
-    started = connect_ray(settings.address, settings.ray_host)
-    try:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        device = settings.device if settings.device != "auto" else ("cuda" if gpus else "cpu")
-        per_gpu = int(1 / settings.gpus_per_worker + 1e-9) if device.startswith("cuda") else 0
-        workers = settings.workers or (max(gpus * per_gpu, 1) if per_gpu else 1)
-        executor = RayExecutor(settings.model, workers=workers, dtype=settings.dtype, device=device,
-                               failover_wait=settings.failover_wait, gpus_per_worker=settings.gpus_per_worker)
-    except BaseException:
-        if started:
-            ray.shutdown()
-        raise
-    executor.started_ray = started  # this batch connected: its shutdown disconnects
-    return executor
-
-
 def summary_path(output: str) -> Path:
     """results.jsonl → results.summary.json, beside it."""
     path = Path(output)
@@ -194,7 +167,7 @@ def run_batch(settings: BatchSettings, input_path: str, output_path: str, summar
     if Path(output_path).resolve() == Path(input_path).resolve():
         raise InvalidRequestError("the output must not be the input file", field="output")
     codec = TextCodec.load(settings.model)
-    executor = build_batch_executor(settings)
+    executor = build_executor(settings)
 
     async def main() -> dict:
         await executor.wait_ready()  # the models load before the clock starts
