@@ -491,7 +491,7 @@ class RequestState:
     def _start_diffusion_only(self) -> None:
         """The whole answer is one region of masks that also holds the prompt (Dream baseline)."""
         region = self._new_region()
-        self.layout.region[:] = [region] * len(self.tokens)
+        self.layout.set_region(region)
         slots = self.max_length - len(self.tokens)
         span = Span(0, 0, (), slots, slots, start=len(self.tokens) - 1, region=region)
         for _ in range(slots):

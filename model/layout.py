@@ -28,10 +28,14 @@ CAUSAL = -1
 
 @dataclass
 class Layout:
-    """Layout metadata of one sequence, grown as tokens are appended."""
+    """Layout metadata of one sequence, grown as tokens are appended. Change it through its
+    methods: they keep `keys()`, its tensor form, in step."""
 
     region: list[int] = field(default_factory=list)
     epoch: list[int] = field(default_factory=list)
+    # [2, capacity] long: region and epoch of positions [0, _synced) as a tensor, grown by doubling
+    _mirror: torch.Tensor = field(default_factory=lambda: torch.empty(2, 0, dtype=torch.long), repr=False)
+    _synced: int = field(default=0, repr=False)
 
     def __len__(self) -> int:
         return len(self.region)
@@ -43,6 +47,26 @@ class Layout:
     def truncate(self, length: int) -> None:
         del self.region[length:]
         del self.epoch[length:]
+        self._synced = min(self._synced, length)
+
+    def set_region(self, region: int) -> None:
+        """Every position into one region."""
+        self.region[:] = [region] * len(self.region)
+        self._synced = 0
+
+    def keys(self, length: int) -> torch.Tensor:
+        """[2, length] long (host): region and epoch of positions [0, length); a view, valid until
+        the next change. Only what changed since the last call is converted (a step packs every
+        request's keys: converting whole lists each step cost milliseconds at 64 requests)."""
+        if length > self._mirror.shape[1]:
+            grown = torch.empty(2, max(length, 2 * self._mirror.shape[1], 64), dtype=torch.long)
+            grown[:, : self._synced] = self._mirror[:, : self._synced]
+            self._mirror = grown
+        if length > self._synced:
+            self._mirror[:, self._synced:length] = torch.tensor(
+                [self.region[self._synced:length], self.epoch[self._synced:length]], dtype=torch.long)
+            self._synced = length
+        return self._mirror[:, :length]
 
     def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         return (

@@ -8,7 +8,7 @@ workers' engine (workers/engine.py) steps whatever its scheduler picks. It lives
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,6 +17,7 @@ from .generation import Forward, RequestState, decide
 from .kv_pool import BLOCK, KVPool, blocks_for, slot_map
 from .layout import allowed
 from .network import DreamNetwork, PackedBatch
+from .step_graphs import PADDING, GraphShape, StepGraphs, pack_padded
 
 
 @dataclass
@@ -26,21 +27,24 @@ class Sequence:
     state: RequestState
     blocks: list[int]
     slots: torch.Tensor  # [blocks × BLOCK] pool slot of each position (host)
+    slot_list: list[int] = field(default_factory=list)  # the same as a list (read per token)
+
+    def __post_init__(self):
+        self.slot_list = self.slots.tolist()
 
 
 class ModelRunner:
     def __init__(self, network: DreamNetwork, pool: KVPool | None = None, cuda_graphs: bool = False):
-        """`cuda_graphs`: replay captured graphs for one-token steps on CUDA. Off by default: the
-        padded batches they replay are checked on the CPU, the capture itself has not yet run on
-        a GPU (docs/performance.md)."""
+        """`cuda_graphs`: on CUDA, replay captured graphs for small steps (step_graphs.py)."""
         self.network = network
         self.pool = pool or KVPool.for_network(network)
         self.forwards = 0
-        self.cuda_graphs = cuda_graphs and network.device.type == "cuda"
         self.graph_error: str | None = None
-        self._graphs: dict[tuple[int, int], StepGraph] = {}
-        # padding rows of a graph's batch write here (never read unmasked)
-        self._scratch = self.pool.allocate(BLOCK)[0] * BLOCK if network.device.type == "cuda" else 0
+        on_cuda = network.device.type == "cuda"
+        self.cuda_graphs = cuda_graphs and on_cuda
+        self._graphs = StepGraphs(network, self.pool) if on_cuda else None
+        # padding rows of a padded step write here (never read unmasked)
+        self._scratch = self.pool.allocate(BLOCK)[0] * BLOCK if on_cuda else 0
 
     # ------------------------------------------------------------------ memory
 
@@ -107,49 +111,30 @@ class ModelRunner:
 
     def forward(self, seqs: list[Sequence], forwards: list[Forward]) -> list[torch.Tensor]:
         """The logits of each forward's logit positions (rows in that order), left on the device."""
-        if self._graphable(forwards):
-            return self._graph_forward(seqs, forwards)
+        shape = GraphShape.of(forwards) if self.cuda_graphs else None
+        if shape is not None:
+            buffer, counts = pack_padded(seqs, forwards, shape, self._scratch)
+            try:
+                logits = self._graphs.run(shape, buffer)
+            except RuntimeError as err:  # a capture this torch build refuses: stay eager, and say why
+                self.cuda_graphs, self.graph_error = False, f"{type(err).__name__}: {err}"[:500]
+                return self.forward(seqs, forwards)
+            return list(torch.split(logits[: sum(counts)], counts))
         batch, logit_rows, counts = self._pack(seqs, forwards)
         hidden = self.network.forward_packed(batch, self.pool)
         logits = self.network.logits(hidden[logit_rows])
         return list(torch.split(logits, counts))
 
-    # ------------------------------------------------------------------ CUDA graphs
-
-    def _graphable(self, forwards: list[Forward]) -> bool:
-        """One-token steps (planning, autoregressive decoding) of up to 64 requests replay a CUDA
-        graph: eager, such a step costs far more in kernel launches than on the device."""
-        return (self.cuda_graphs and self.network.device.type == "cuda" and len(forwards) <= GRAPH_BATCHES[-1]
-                and all(len(f.positions) == 1 and len(f.logit_positions) == 1 for f in forwards))
-
-    def _graph_forward(self, seqs: list[Sequence], forwards: list[Forward]) -> list[torch.Tensor]:
-        count = next(b for b in GRAPH_BATCHES if b >= len(seqs))
-        length = -(-max(f.key_length for f in forwards) // GRAPH_LENGTH) * GRAPH_LENGTH
-        batch, logit_rows, _ = self._pack(seqs, forwards, count, length)
-        graph = self._graphs.get((count, length))
-        if graph is None:
-            try:
-                graph = self._graphs[(count, length)] = StepGraph(self.network, self.pool, batch, logit_rows)
-            except RuntimeError as err:  # a capture this torch build refuses: stay eager, and say why
-                self.cuda_graphs, self.graph_error = False, f"{type(err).__name__}: {err}"[:500]
-                return self.forward(seqs, forwards)
-        logits = graph.run(batch, logit_rows)[: len(seqs)].clone()  # the next replay overwrites its output
-        return list(logits.split(1))
-
-    def _pack(self, seqs: list[Sequence], forwards: list[Forward], count_to: int | None = None,
-              length_to: int | None = None):
+    def _pack(self, seqs: list[Sequence], forwards: list[Forward]):
         """The packed batch, built on the host in a few tensors, each sent to the device once; the
-        attention mask is computed on the device from per-token layout metadata. `count_to`,
-        `length_to`: pad to that many one-token sequences and keys (a CUDA graph's static shapes);
-        padding rows write to the scratch block and see nothing."""
+        attention mask is computed on the device from per-token layout metadata."""
         device = self.network.device
-        count = count_to or len(seqs)
+        count = len(seqs)
         t_max = max(len(f.positions) for f in forwards)
-        l_max = length_to or max(f.key_length for f in forwards)
-        tokens = torch.zeros(3, sum(len(f.positions) for f in forwards) + count - len(seqs), dtype=torch.long)
-        tokens[2] = self._scratch  # ids, positions, pool slots
+        l_max = max(f.key_length for f in forwards)
+        tokens = torch.zeros(3, sum(len(f.positions) for f in forwards), dtype=torch.long)  # ids, positions, slots
         queries = torch.zeros(3, count, t_max, dtype=torch.long)  # position, region, epoch
-        keys = torch.full((2, count, l_max), -2, dtype=torch.long)  # region, epoch; -2 = padding
+        keys = torch.full((2, count, l_max), PADDING, dtype=torch.long)  # region, epoch
         read = torch.zeros(count, l_max, dtype=torch.long)
         index = torch.zeros(count, t_max, dtype=torch.long)
         packed_rows, logit_rows, counts = [], [], []
@@ -157,14 +142,14 @@ class ModelRunner:
         for i, (seq, f) in enumerate(zip(seqs, forwards)):
             state, n, length = seq.state, len(f.positions), f.key_length
             positions = torch.tensor(f.positions, dtype=torch.long)
-            region = torch.tensor(state.layout.region[:length], dtype=torch.long)
-            epoch = torch.tensor(state.layout.epoch[:length], dtype=torch.long)
+            layout = state.layout.keys(length)  # region, epoch
             rows = slice(offset, offset + n)
             tokens[0, rows] = torch.tensor([state.tokens[p] for p in f.positions], dtype=torch.long)
             tokens[1, rows] = positions
             tokens[2, rows] = seq.slots[positions]
-            queries[0, i, :n], queries[1, i, :n], queries[2, i, :n] = positions, region[positions], epoch[positions]
-            keys[0, i, :length], keys[1, i, :length] = region, epoch
+            queries[0, i, :n] = positions
+            queries[1:, i, :n] = layout[:, positions]
+            keys[:, i, :length] = layout
             read[i, :length] = seq.slots[:length]
             index[i, :n] = torch.arange(offset, offset + n)
             packed_rows.append(torch.arange(i * t_max, i * t_max + n))
@@ -172,53 +157,15 @@ class ModelRunner:
             logit_rows += [row[p] for p in f.logit_positions]
             counts.append(len(f.logit_positions))
             offset += n
-        for i in range(len(seqs), count):  # padding (graphs): one token each, its own row
-            index[i, 0] = offset
-            packed_rows.append(torch.tensor([i * t_max]))
-            logit_rows.append(offset)
-            offset += 1
-        read[len(seqs):] = self._scratch
         tokens, queries, keys = tokens.to(device), queries.to(device), keys.to(device)
         key_positions = torch.arange(l_max, device=device)
-        mask = allowed(queries[0], queries[1], queries[2], key_positions, keys[0], keys[1]) & (keys[0] != -2)[:, None]
+        mask = allowed(queries[0], queries[1], queries[2], key_positions, keys[0], keys[1])
+        mask &= (keys[0] != PADDING)[:, None]
         low = torch.finfo(self.network.dtype).min
         bias = torch.zeros(mask.shape, dtype=self.network.dtype, device=device).masked_fill(~mask, low)[:, None]
-        single = count == 1 and count_to is None
         batch = PackedBatch(
             input_ids=tokens[0], positions=tokens[1], write_slots=tokens[2], read_slots=read.to(device), bias=bias,
-            query_index=None if single else index.to(device),
-            packed_rows=None if single else torch.cat(packed_rows).to(device),
+            query_index=None if count == 1 else index.to(device),
+            packed_rows=None if count == 1 else torch.cat(packed_rows).to(device),
         )
         return batch, torch.tensor(logit_rows, dtype=torch.long, device=device), counts
-
-
-GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64)  # a one-token step of B requests replays the graph of the next size up
-GRAPH_LENGTH = 256  # keys are padded to a multiple of this
-
-
-class StepGraph:
-    """One captured forward (network + head) of static shapes; its inputs are copied in per replay.
-    The pool is allocated once on CUDA, so the captured kernels' addresses stay valid."""
-
-    def __init__(self, network: DreamNetwork, pool: KVPool, batch: PackedBatch, logit_rows: torch.Tensor):
-        self.batch, self.rows = batch, logit_rows
-
-        def run():
-            return network.logits(network.forward_packed(self.batch, pool)[self.rows])
-
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the capture (allocator, library handles)
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = run()
-
-    def run(self, batch: PackedBatch, logit_rows: torch.Tensor) -> torch.Tensor:
-        for name in ("input_ids", "positions", "write_slots", "read_slots", "bias", "query_index", "packed_rows"):
-            getattr(self.batch, name).copy_(getattr(batch, name))
-        self.rows.copy_(logit_rows)
-        self.graph.replay()
-        return self.logits

@@ -28,10 +28,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # fp32 statistics, cast back before the weight (reference §1.1); fused: one kernel, not seven
+        return self.weight * F.rms_norm(x, x.shape[-1:], eps=self.eps)
 
 
 class Rotary(nn.Module):
@@ -62,8 +60,8 @@ class PackedBatch:
     write_slots: torch.Tensor  # [T] pool slot of each token's key and value
     read_slots: torch.Tensor  # [B, Lmax] pool slots of each sequence's keys (padded)
     bias: torch.Tensor  # [B, 1, Tmax, Lmax] additive attention bias (dtype min = may not attend)
-    query_index: torch.Tensor | None  # [B, Tmax] packed row of each padded query; None when B == 1
-    packed_rows: torch.Tensor | None  # [T] row of each packed token in the flattened [B × Tmax]
+    query_index: torch.Tensor | None  # [B, Tmax] packed row of each padded query; None: rows are B × Tmax already
+    packed_rows: torch.Tensor | None  # [T] row of each packed token in the flattened [B × Tmax]; None as above
 
 
 class Attention(nn.Module):
@@ -86,12 +84,12 @@ class Attention(nn.Module):
         """Tokens of many sequences packed [T, hidden]; keys and values are written into the pool
         first. Attention runs padded per sequence ([B, ·, Tmax, Lmax]: the batch dimension is the
         request term of the layout rule), then the rows are packed again for o_proj."""
-        q, k, v = self._project(x, cos, sin)
+        q, k, v = self._project_fused(x, cos, sin)
         keys[:, batch.write_slots] = k
         values[:, batch.write_slots] = v
         k, v = keys[:, batch.read_slots], values[:, batch.read_slots]  # [kv_heads, B, Lmax, d]
-        if batch.query_index is None:  # one sequence: nothing to pad
-            q = q[None]
+        if batch.query_index is None:  # rows already padded per sequence (T = B × Tmax): nothing to gather
+            q = q.unflatten(1, (batch.read_slots.shape[0], -1)).transpose(0, 1)
         else:
             q = q[:, batch.query_index].transpose(0, 1)  # [B, heads, Tmax, d]
         count, _, t_max, d = q.shape
@@ -100,8 +98,16 @@ class Attention(nn.Module):
         q = q.reshape(count, self.kv_heads, -1, d)
         out = F.scaled_dot_product_attention(q, k.transpose(0, 1), v.transpose(0, 1), attn_mask=batch.bias)
         out = out.reshape(count, self.heads, t_max, d).transpose(1, 2).flatten(-2)
-        out = out[0] if batch.query_index is None else out.flatten(0, 1)[batch.packed_rows]
+        out = out.flatten(0, 1) if batch.query_index is None else out.flatten(0, 1)[batch.packed_rows]
         return self.o_proj(out)
+
+    def _project_fused(self, x, cos, sin):
+        """As `_project` for packed tokens [T, hidden], in one matmul for q, k and v and one
+        rotation for q and k (a small step is bound by its kernel count)."""
+        weight, bias = fused(self, "_qkv", (self.q_proj, self.k_proj, self.v_proj))
+        qkv = F.linear(x, weight, bias).unflatten(-1, (-1, self.head_dim)).transpose(0, 1)  # [heads, T, d]
+        rotated = rotate(qkv[: self.heads + self.kv_heads], cos, sin)
+        return rotated[: self.heads], rotated[self.heads:], qkv[self.heads + self.kv_heads:]
 
     def _project(self, x, cos, sin):
         """x [..., T, hidden] → q [..., heads, T, d] and k, v [..., kv_heads, T, d], q and k rotated."""
@@ -129,6 +135,35 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The same with gate and up in one matmul."""
+        weight, _ = fused(self, "_gate_up", (self.gate_proj, self.up_proj))
+        gate, up = F.linear(x, weight).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+def fused(module: nn.Module, name: str, linears: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) for several linears over the same input, their rows concatenated,
+    kept on `module` as `name`. The linears' parameters become views into it, so the memory is
+    not doubled and a later in-place change (loading, training) is seen by both; built again when
+    a parameter was replaced since (`.to()`)."""
+    cached = module.__dict__.get(name)
+    if cached is None or cached[0].data_ptr() != linears[0].weight.data_ptr():
+        with torch.no_grad():
+            cached = tuple(None if getattr(linears[0], kind) is None else join([getattr(lin, kind) for lin in linears])
+                           for kind in ("weight", "bias"))
+        module.__dict__[name] = cached
+    return cached
+
+
+def join(params: list[nn.Parameter]) -> torch.Tensor:
+    joined = torch.cat(params)
+    start = 0
+    for param in params:
+        param.data = joined[start:start + param.shape[0]]
+        start += param.shape[0]
+    return joined
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, config: DreamConfig):
@@ -144,7 +179,7 @@ class DecoderLayer(nn.Module):
 
     def forward_packed(self, x, cos, sin, batch, keys, values):
         x = x + self.self_attn.forward_packed(self.input_layernorm(x), cos, sin, batch, keys, values)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self.mlp.forward_fused(self.post_attention_layernorm(x))
 
 
 class DecoderStack(nn.Module):

@@ -256,8 +256,9 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     # (4) through the orchestrator, one in-process worker
     report["concurrency"] = asyncio.run(sweep(runtime, prompt, plan, pd, ar, concurrency))
 
+    captured = runner._graphs.graphs if runner._graphs is not None else {}
     report["cuda_graphs"] = {"used": runner.cuda_graphs, "error": runner.graph_error,
-                             "captured": [list(k) for k in runner._graphs]}
+                             "captured": [[s.count, s.width, s.length] for s in captured]}
     # (5) the KV pool
     pool = runner.pool
     report["kv_pool"] = {"bytes": pool.nbytes() if dev.type == "cuda" else None, "positions": pool.max_blocks * BLOCK,
@@ -338,6 +339,6 @@ def print_table(r: dict) -> None:
             print(f"{s['mode']:14s} {s['concurrency']:5d} {s['tokens_per_s']:8.1f} {s['x_batch1']:6.2f} "
                   f"{s['p50_s']:7.3f} {s['p99_s']:7.3f} {s['forwards']:8d}")
     print(f"AR's aggregate throughput overtakes PD's at concurrency {r['concurrency']['ar_overtakes_pd_at']}")
-    print(f"CUDA graphs (one-token steps): used {r['cuda_graphs']['used']}, error {r['cuda_graphs']['error']}")
+    print(f"CUDA graphs (small steps): used {r['cuda_graphs']['used']}, error {r['cuda_graphs']['error']}")
     print(f"KV pool: {r['kv_pool']['positions']} positions = {r['kv_pool']['requests_of_2048_tokens']} requests "
           "of 2,048 tokens")

@@ -130,8 +130,8 @@ def add_bench(sub) -> None:
     e.add_argument("--concurrency", default="1,8,32,64", help="comma-separated concurrencies")
     e.add_argument("--json", default=None, help="also write the JSON report here")
     e.add_argument("--profile", action="store_true", help="print where an eager one-token forward's time goes")
-    e.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs for one-token steps (not yet "
-                                                               "run on a GPU)")
+    e.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs for small steps "
+                                                               "(model/step_graphs.py)")
     t = what.add_parser("train-step", help="one training step of a checkpoint's network, eager and compiled")
     t.add_argument("--model", default=str(DEMO_MODEL), help="checkpoint folder (default: the demo model)")
     t.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"], default="planned")

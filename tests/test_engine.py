@@ -168,22 +168,34 @@ def test_bench_engine_prints_a_table_and_json(tmp_path, capsys):
     assert "KV pool" in capsys.readouterr().out
 
 
-def test_padded_one_token_batches_give_the_same_logits(compact):
-    """What a CUDA graph replays: one-token steps padded to a batch size and a key length (padding
-    rows write to a scratch block and see nothing) give the same logits as the unpadded forward."""
+def test_padded_steps_give_the_same_logits(compact):
+    """What a CUDA graph replays (step_graphs.padded_forward): a step padded to a graph shape, its
+    requests to a bucket, each one's rows to a width, its keys to a multiple of 256 (padding writes
+    to a scratch block and is seen by nobody), gives the logits of the unpadded step, for planning,
+    autoregressive and denoising steps together."""
     from plandiff.model.kv_pool import KVPool
     from plandiff.model.model_runner import ModelRunner
+    from plandiff.model.step_graphs import GraphShape, pack_padded, padded_forward
 
-    runner = ModelRunner(compact.network, KVPool(compact.network.config, "cpu", compact.network.dtype, 4096))
-    runner._scratch = runner.pool.allocate(16)[0] * 16
-    options = GenerationOptions(mode="autoregressive", max_new_tokens=8)
-    seqs = [runner.admit(compact.new_state(compact.encode_prompt(p), options)) for p in ("a", "bbb", "cc")]
-    runner.step(seqs)  # the prefill
-    for _ in range(3):
-        forwards = [s.state.schedule() for s in seqs]
-        alone = runner.forward(seqs, forwards)
-        batch, rows, _ = runner._pack(seqs, forwards, 4, 256)
-        padded = compact.network.logits(compact.network.forward_packed(batch, runner.pool)[rows])
-        for i, logits in enumerate(alone):
-            torch.testing.assert_close(padded[i], logits[0], rtol=1e-5, atol=1e-4)
-        runner.step(seqs, forwards)
+    runner = ModelRunner(compact.network, KVPool(compact.network.config, "cpu", compact.network.dtype, 8192))
+    scratch = runner.pool.allocate(16)[0] * 16
+    cases = [("a", None, GenerationOptions(mode="autoregressive", max_new_tokens=8)),
+             ("bbb", PLAN, GenerationOptions()), ("cc", SHORT, GenerationOptions(dense=True, max_new_tokens=12))]
+    seqs = [runner.admit(compact.new_state(compact.encode_prompt(p), o, compact.encode_plan(plan) if plan else None))
+            for p, plan, o in cases]
+    shapes, padded_steps = set(), 0
+    for _ in range(12):
+        live = [s for s in seqs if s.state.phase is not Phase.DONE]
+        forwards = [s.state.schedule() for s in live]
+        shape = GraphShape.of(forwards)
+        if shape is not None:
+            shapes.add(shape)
+            padded_steps += len(live) < shape.count and max(len(f.positions) for f in forwards) < shape.width
+            unpadded = runner.forward(live, forwards)
+            buffer, counts = pack_padded(live, forwards, shape, scratch)
+            padded = padded_forward(compact.network, runner.pool, buffer, shape)
+            assert counts == [len(f.logit_positions) for f in forwards]
+            torch.testing.assert_close(torch.cat(unpadded), padded[: sum(counts)], rtol=1e-5, atol=1e-4)
+        runner.step(live, forwards)
+    assert any(s.width > 1 for s in shapes) and any(s.count > 1 for s in shapes)
+    assert padded_steps  # steps with padding requests and padding rows both

@@ -1,0 +1,135 @@
+"""CUDA graphs of small steps: planning and autoregressive steps of up to 64 requests, denoising
+steps of up to 256 tokens, replayed instead of launched op by op.
+
+Eager, a small step of a 28-layer network is ~1,300 kernel launches and costs tens of
+milliseconds of host time, ten times the device's (docs/performance.md); a replay is one launch.
+A graph needs static shapes, so a step is padded to a `GraphShape`: `count` requests (a bucket),
+each given `width` query rows (a bucket) over `length` keys (a multiple of `GRAPH_LENGTH`).
+Everything a step varies is in one integer buffer, copied to the device once per step; the
+attention bias is computed from it inside the graph. Padding rows write their keys to a scratch
+slot that no real query may see, and see nothing but it themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .layout import allowed
+from .network import DreamNetwork, PackedBatch
+
+GRAPH_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+GRAPH_WIDTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+GRAPH_TOKENS = 256  # count × width at most: a larger step is compute-bound, its launches matter little
+GRAPH_LENGTH = 256  # keys are padded to a multiple of this
+PADDING = -2  # region of padding keys (real regions are ≥ -1)
+FIELDS = 6  # per query row: id, position, write slot, region, epoch, logit row; per key: slot, region, epoch
+
+
+@dataclass(frozen=True)
+class GraphShape:
+    count: int
+    width: int
+    length: int
+
+    @classmethod
+    def of(cls, forwards) -> GraphShape | None:
+        """The smallest shape holding these forwards, or None when they are too large for one."""
+        if len(forwards) > GRAPH_COUNTS[-1]:
+            return None
+        widest = max(len(f.positions) for f in forwards)
+        if widest > GRAPH_WIDTHS[-1]:
+            return None
+        count = next(c for c in GRAPH_COUNTS if c >= len(forwards))
+        width = next(w for w in GRAPH_WIDTHS if w >= widest)
+        if count * width > GRAPH_TOKENS:
+            return None
+        length = -(-max(f.key_length for f in forwards) // GRAPH_LENGTH) * GRAPH_LENGTH
+        return cls(count, width, length)
+
+    @property
+    def rows(self) -> int:
+        return self.count * self.width
+
+    @property
+    def size(self) -> int:
+        return FIELDS * self.rows + 3 * self.count * self.length
+
+
+def pack_padded(seqs, forwards, shape: GraphShape, scratch: int) -> tuple[torch.Tensor, list[int]]:
+    """The step's integer buffer (host) for `shape`, and how many logit rows each forward has. Logit
+    rows come first in the output, in the forwards' order. Built from Python lists in one
+    conversion, plus two tensor copies per request for its keys (64 requests in well under a ms)."""
+    rows, width, length = shape.rows, shape.width, shape.length
+    buffer = torch.empty(shape.size, dtype=torch.long)
+    key = buffer[FIELDS * rows:].view(3, shape.count, length)
+    key[0], key[1] = scratch, PADDING
+    fields: list[list[int]] = [[] for _ in range(FIELDS - 1)]  # id, position, slot, region, epoch
+    logit_rows, counts = [], []
+    for i, (seq, f) in enumerate(zip(seqs, forwards)):
+        state, positions, pad = seq.state, f.positions, width - len(f.positions)
+        region, epoch, slots = state.layout.region, state.layout.epoch, seq.slot_list
+        for values, source, pad_value in zip(fields, (state.tokens, None, slots, region, epoch), (0, 0, scratch, PADDING, 0)):
+            values += (positions if source is None else [source[p] for p in positions]) + [pad_value] * pad
+        key[0, i, : f.key_length] = seq.slots[: f.key_length]
+        key[1:, i, : f.key_length] = state.layout.keys(f.key_length)
+        row = {p: i * width + j for j, p in enumerate(positions)}
+        logit_rows += [row[p] for p in f.logit_positions]
+        counts.append(len(f.logit_positions))
+    padding = rows - len(fields[0])  # padding requests
+    for values, pad_value in zip(fields, (0, 0, scratch, PADDING, 0)):
+        values += [pad_value] * padding
+    buffer[: FIELDS * rows] = torch.tensor(fields + [logit_rows + [0] * (rows - len(logit_rows))],
+                                           dtype=torch.long).view(-1)
+    return buffer, counts
+
+
+def padded_forward(network: DreamNetwork, pool, buffer: torch.Tensor, shape: GraphShape) -> torch.Tensor:
+    """The logits [shape.rows, vocab] of a padded step given its buffer on the device: the rows of
+    its logit positions first, then padding. What a graph captures; on the CPU it runs as is."""
+    rows = shape.rows
+    ids, positions, write, region, epoch, logit_rows = buffer[: FIELDS * rows].view(FIELDS, rows)
+    read, key_region, key_epoch = buffer[FIELDS * rows:].view(3, shape.count, shape.length)
+    grid = (shape.count, shape.width)
+    key_positions = torch.arange(shape.length, device=buffer.device)
+    mask = allowed(positions.view(grid), region.view(grid), epoch.view(grid), key_positions, key_region, key_epoch)
+    mask &= (key_region != PADDING)[:, None]
+    low = torch.finfo(network.dtype).min
+    bias = torch.zeros(mask.shape, dtype=network.dtype, device=buffer.device).masked_fill(~mask, low)[:, None]
+    batch = PackedBatch(input_ids=ids, positions=positions, write_slots=write, read_slots=read, bias=bias,
+                        query_index=None, packed_rows=None)
+    return network.logits(network.forward_packed(batch, pool)[logit_rows])
+
+
+class StepGraphs:
+    """The graphs captured so far, one per shape, captured when a step first needs its shape. They
+    share one memory pool: a replay's output is copied out before the next replay."""
+
+    def __init__(self, network: DreamNetwork, pool):
+        self.network, self.pool = network, pool
+        self.memory = torch.cuda.graph_pool_handle()
+        self.graphs: dict[GraphShape, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+
+    def run(self, shape: GraphShape, buffer: torch.Tensor) -> torch.Tensor:
+        """The logits of the step whose host `buffer` is given (copied out of the graph's output).
+        Raises RuntimeError when this torch build refuses the capture."""
+        if shape not in self.graphs:
+            self.graphs[shape] = self._capture(shape, buffer)
+        graph, device_buffer, logits = self.graphs[shape]
+        device_buffer.copy_(buffer.pin_memory(), non_blocking=True)
+        graph.replay()
+        return logits.clone()
+
+    def _capture(self, shape: GraphShape, buffer: torch.Tensor):
+        device_buffer = buffer.to(self.network.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the capture (allocator, library handles)
+            for _ in range(2):
+                padded_forward(self.network, self.pool, device_buffer, shape)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.memory):
+            logits = padded_forward(self.network, self.pool, device_buffer, shape)
+        return graph, device_buffer, logits
