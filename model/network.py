@@ -80,11 +80,11 @@ class Attention(nn.Module):
         """Training: whole sequences [B, T, hidden], no cache, differentiable."""
         return self._attend(*self._project(x, cos, sin), bias)
 
-    def forward_packed(self, x, cos, sin, batch: PackedBatch, keys, values):
-        """Tokens of many sequences packed [T, hidden]; keys and values are written into the pool
-        first. Attention runs padded per sequence ([B, ·, Tmax, Lmax]: the batch dimension is the
-        request term of the layout rule), then the rows are packed again for o_proj."""
-        q, k, v = self._project_fused(x, cos, sin)
+    def attend_packed(self, q, k, v, batch: PackedBatch, keys, values):
+        """Tokens of many sequences packed (q [heads, T, d], k, v [kv_heads, T, d]); keys and values
+        are written into the pool first. Attention runs padded per sequence ([B, ·, Tmax, Lmax]: the
+        batch dimension is the request term of the layout rule), then the rows are packed again:
+        [T, heads × d], before o_proj."""
         keys[:, batch.write_slots] = k
         values[:, batch.write_slots] = v
         k, v = keys[:, batch.read_slots], values[:, batch.read_slots]  # [kv_heads, B, Lmax, d]
@@ -98,16 +98,7 @@ class Attention(nn.Module):
         q = q.reshape(count, self.kv_heads, -1, d)
         out = F.scaled_dot_product_attention(q, k.transpose(0, 1), v.transpose(0, 1), attn_mask=batch.bias)
         out = out.reshape(count, self.heads, t_max, d).transpose(1, 2).flatten(-2)
-        out = out.flatten(0, 1) if batch.query_index is None else out.flatten(0, 1)[batch.packed_rows]
-        return self.o_proj(out)
-
-    def _project_fused(self, x, cos, sin):
-        """As `_project` for packed tokens [T, hidden], in one matmul for q, k and v and one
-        rotation for q and k (a small step is bound by its kernel count)."""
-        weight, bias = fused(self, "_qkv", (self.q_proj, self.k_proj, self.v_proj))
-        qkv = F.linear(x, weight, bias).unflatten(-1, (-1, self.head_dim)).transpose(0, 1)  # [heads, T, d]
-        rotated = rotate(qkv[: self.heads + self.kv_heads], cos, sin)
-        return rotated[: self.heads], rotated[self.heads:], qkv[self.heads + self.kv_heads:]
+        return out.flatten(0, 1) if batch.query_index is None else out.flatten(0, 1)[batch.packed_rows]
 
     def _project(self, x, cos, sin):
         """x [..., T, hidden] → q [..., heads, T, d] and k, v [..., kv_heads, T, d], q and k rotated."""
@@ -134,12 +125,6 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """The same with gate and up in one matmul."""
-        weight, _ = fused(self, "_gate_up", (self.gate_proj, self.up_proj))
-        gate, up = F.linear(x, weight).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
 
 
 def fused(module: nn.Module, name: str, linears: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -177,9 +162,39 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn.forward_batch(self.input_layernorm(x), cos, sin, bias)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def forward_packed(self, x, cos, sin, batch, keys, values):
-        x = x + self.self_attn.forward_packed(self.input_layernorm(x), cos, sin, batch, keys, values)
-        return x + self.mlp.forward_fused(self.post_attention_layernorm(x))
+    def forward_packed(self, x, cos, sin, batch, keys, values, segments):
+        """Packed tokens [T, hidden] (Attention.attend_packed). The parts around attention are
+        `segments` (pre_attention, post_attention: eager, or compiled by DreamNetwork.compile)."""
+        attn, mlp = self.self_attn, self.mlp
+        qkv_weight, qkv_bias = fused(attn, "_qkv", (attn.q_proj, attn.k_proj, attn.v_proj))
+        gate_up, _ = fused(mlp, "_gate_up", (mlp.gate_proj, mlp.up_proj))
+        q, k, v = segments[0](x, self.input_layernorm.weight, qkv_weight, qkv_bias, cos, sin,
+                              self.input_layernorm.eps, attn.heads, attn.kv_heads, attn.head_dim)
+        out = attn.attend_packed(q, k, v, batch, keys, values)
+        return segments[1](x, out, attn.o_proj.weight, self.post_attention_layernorm.weight, gate_up,
+                           mlp.down_proj.weight, self.post_attention_layernorm.eps)
+
+
+def pre_attention(x, norm_weight, qkv_weight, qkv_bias, cos, sin, eps: float, heads: int, kv_heads: int,
+                  head_dim: int):
+    """Packed x [T, hidden] → q [heads, T, d], k, v [kv_heads, T, d]: the input norm, one matmul for
+    q, k and v, one rotation for q and k (a small step is bound by its kernel count)."""
+    h = norm_weight * F.rms_norm(x, x.shape[-1:], eps=eps)
+    qkv = F.linear(h, qkv_weight, qkv_bias).unflatten(-1, (-1, head_dim)).transpose(0, 1)  # [heads, T, d]
+    rotated = rotate(qkv[: heads + kv_heads], cos, sin)
+    return rotated[:heads], rotated[heads:], qkv[heads + kv_heads:]
+
+
+def post_attention(x, attended, o_weight, norm_weight, gate_up_weight, down_weight, eps: float):
+    """The residual stream after attention: o_proj, residual, norm, the MLP (gate and up in one
+    matmul), residual."""
+    x = x + F.linear(attended, o_weight)
+    h = norm_weight * F.rms_norm(x, x.shape[-1:], eps=eps)
+    gate, up = F.linear(h, gate_up_weight).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, down_weight)
+
+
+EAGER = (pre_attention, post_attention)
 
 
 class DecoderStack(nn.Module):
@@ -214,9 +229,17 @@ class DreamNetwork(nn.Module):
         group = self.config.num_attention_heads // self.config.num_key_value_heads
         batch = replace(batch, bias=batch.bias.repeat(1, 1, group, 1))  # rows (query head in group, query)
         x = self.model.embed_tokens(batch.input_ids)
+        segments = self.__dict__.get("_segments", EAGER)
         for layer, keys, values in zip(self.model.layers, pool.keys, pool.values):
-            x = layer.forward_packed(x, cos, sin, batch, keys, values)
+            x = layer.forward_packed(x, cos, sin, batch, keys, values, segments)
         return self.model.norm(x)
+
+    def compile_packed(self) -> None:
+        """Packed forwards run the parts around attention compiled (torch.compile, shapes dynamic:
+        one compilation per part, shared by every layer and step shape), fusing their elementwise
+        kernels; attention and the KV pool stay eager. For CUDA, where a small step is bound by
+        its kernel count; the first steps pay the compilation."""
+        self.__dict__["_segments"] = tuple(torch.compile(part, dynamic=True) for part in EAGER)
 
     def _bias(self, mask: torch.Tensor) -> torch.Tensor:
         """The additive attention bias of a boolean mask (True = may attend)."""

@@ -136,7 +136,7 @@ def new_state(runtime, prompt_ids, options, plan=None):
 
 def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, prompt_tokens: int, spans: int,
                      slots: int, concurrency: list[int], json_path: str | None = None, profile: bool = False,
-                     cuda_graphs: bool = False) -> int:
+                     cuda_graphs: bool = False, compile: bool = False) -> int:
     import torch
 
     from plandiff.model import GenerationOptions
@@ -160,6 +160,9 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     pd = GenerationOptions(length_scale=1, max_new_tokens=spans * (slots + 12) + 16, top_k=50)
     runner = runtime.runner
     runner.cuda_graphs = cuda_graphs and dev.type == "cuda"
+    if compile:
+        network.compile_packed()
+    report["compiled"] = compile
     engine = Engine(runner)
 
     def drive(states):

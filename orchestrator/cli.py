@@ -132,6 +132,8 @@ def add_bench(sub) -> None:
     e.add_argument("--profile", action="store_true", help="print where an eager one-token forward's time goes")
     e.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs for small steps "
                                                                "(model/step_graphs.py)")
+    e.add_argument("--compile", action="store_true", help="compile the parts of a packed forward around "
+                                                          "attention (torch.compile; CUDA)")
     t = what.add_parser("train-step", help="one training step of a checkpoint's network, eager and compiled")
     t.add_argument("--model", default=str(DEMO_MODEL), help="checkpoint folder (default: the demo model)")
     t.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"], default="planned")
@@ -441,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_bench_engine(args.model, args.shape, args.device, args.dtype, args.prompt_tokens, args.spans,
                                     args.slots, [int(c) for c in args.concurrency.split(",")], args.json,
-                                    args.profile, args.cuda_graphs)
+                                    args.profile, args.cuda_graphs, args.compile)
         if args.command == "bench" and args.bench == "train-step":
             return run_train_step(args)
         if args.command == "bench" and args.bench == "overflow":
