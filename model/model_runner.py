@@ -34,8 +34,9 @@ class Sequence:
 
 
 class ModelRunner:
-    def __init__(self, network: DreamNetwork, pool: KVPool | None = None, cuda_graphs: bool = False):
-        """`cuda_graphs`: on CUDA, replay captured graphs for small steps (step_graphs.py)."""
+    def __init__(self, network: DreamNetwork, pool: KVPool | None = None, cuda_graphs: bool = True):
+        """`cuda_graphs`: on CUDA, replay captured graphs for small steps (step_graphs.py); a capture
+        the torch build refuses turns them off and leaves its reason in `graph_error`."""
         self.network = network
         self.pool = pool or KVPool.for_network(network)
         self.forwards = 0
