@@ -399,13 +399,16 @@ class RequestState:
     def _denoise_step(self, logit_positions: list[int], x0: list[int], scores: torch.Tensor) -> None:
         slot_row = {p + 1: i for i, p in enumerate(logit_positions)}
         step, threshold = self._step, self._threshold
+        score_list = scores.tolist()  # one conversion, then lists: a step runs this for every request
         for b, span in enumerate(self._spans):
             masked = self._masked(span)
             if masked == 0:
                 continue
-            span_scores = torch.full((span.length + 2,), float("-inf"), dtype=scores.dtype)
-            offsets = [p - span.start for p in range(span.start + 1, span.end - 1) if p in slot_row]
-            span_scores[offsets] = scores[[slot_row[span.start + o] for o in offsets]]
+            values = [float("-inf")] * (span.length + 2)
+            for p in range(span.start + 1, span.end - 1):
+                if p in slot_row:
+                    values[p - span.start] = score_list[slot_row[p]]
+            span_scores = torch.tensor(values, dtype=scores.dtype)  # exact: the floats came from this dtype
             if threshold is not None:
                 k = threshold.candidates(b, masked, step, span.length + 2)
                 chosen_scores, chosen = torch.topk(span_scores, k)
