@@ -199,3 +199,33 @@ def test_padded_steps_give_the_same_logits(compact):
         runner.step(live, forwards)
     assert any(s.width > 1 for s in shapes) and any(s.count > 1 for s in shapes)
     assert padded_steps  # steps with padding requests and padding rows both
+
+
+def test_fused_projections_follow_the_checkpoint_weights(compact_folder):
+    """q/k/v and gate/up run as one matmul each over views of the parameters: a weight changed in
+    place after the first forward (a load, a training step) changes the packed forward too, and a
+    network moved to another dtype fuses its new weights; training's unfused path agrees."""
+    runtime = ModelRuntime.load(compact_folder)
+    options = GenerationOptions(mode="autoregressive", max_new_tokens=4)
+    prompt = runtime.encode_prompt("fused")
+
+    def answer():
+        return alone(runtime, "fused", None, options).tokens
+
+    before = answer()
+    attn = runtime.network.model.layers[0].self_attn
+    qkv = attn.__dict__["_qkv"][0]
+    assert attn.q_proj.weight.data_ptr() == qkv.data_ptr()  # a view, not a copy
+    with torch.no_grad():
+        for layer in runtime.network.model.layers:
+            layer.self_attn.v_proj.weight.mul_(-3)
+            layer.mlp.up_proj.weight.mul_(2)
+    changed = answer()
+    ids = torch.tensor([prompt + changed[len(prompt):]])
+    causal = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril()[None]
+    unfused = runtime.network.forward_train(ids, causal)[0, len(prompt) - 1:-1].argmax(-1).tolist()
+    assert changed[len(prompt):] == unfused and changed != before
+    runtime.network.to(torch.float64)
+    assert runtime.network.model.layers[0].self_attn.q_proj.weight.dtype == torch.float64
+    runtime._runner = None
+    assert alone(runtime, "fused", None, options).tokens == changed
