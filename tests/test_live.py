@@ -8,7 +8,7 @@ import re
 from rich.console import Console
 
 from plandiff.model.codec import TextCodec
-from plandiff.orchestrator.cli import DEMO_MODEL
+from plandiff.orchestrator.cli_common import DEMO_MODEL
 from plandiff.orchestrator.events import SpanProgressEvent
 from plandiff.orchestrator.executors import LocalExecutor
 from plandiff.orchestrator.live import LiveView

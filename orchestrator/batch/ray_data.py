@@ -49,7 +49,7 @@ class PlandiffPredictor:
         from ..orchestrator import Orchestrator
 
         if model is None:
-            from ..cli import DEMO_MODEL, DEMO_PRESET
+            from ..cli_common import DEMO_MODEL, DEMO_PRESET
             from ..settings import read_yaml
 
             model = str(DEMO_MODEL)
