@@ -267,11 +267,12 @@ class RayExecutor(Executor):
 
     def __init__(self, model: str, workers: int = 1, dtype: str | None = None, device: str = "cpu",
                  address: str | None = None, num_cpus_per_worker: float = 1.0, host: str | None = None,
-                 failover_wait: float = FAILOVER_WAIT, gpus_per_worker: float = 1.0):
+                 failover_wait: float = FAILOVER_WAIT, gpus_per_worker: float = 1.0, log_level: str = "INFO"):
         """`address`: an existing cluster (or $RAY_ADDRESS); none: an embedded one, on 127.0.0.1
         unless `host` is given. `failover_wait`: seconds a request waits for a lost worker (or any)
         to answer again before `WorkersUnavailableError`. `gpus_per_worker`: Ray's GPU share of each
-        actor on cuda (below 1, several engines share a GPU, each with its own copy of the weights)."""
+        actor on cuda (below 1, several engines share a GPU, each with its own copy of the weights).
+        `log_level`: the actors' (Ray forwards every line they log to the driver's stderr)."""
         import ray
 
         from plandiff.workers.actor import remote_worker_class
@@ -281,7 +282,8 @@ class RayExecutor(Executor):
         gpu = device.startswith("cuda")
         cls = remote_worker_class(num_cpus=0 if gpu else num_cpus_per_worker, num_gpus=gpus_per_worker if gpu else 0)
         self.workers = [
-            RayWorkerHandle(cls.remote(str(model), dtype, "cuda" if gpu else device, f"worker-{i}"), f"worker-{i}")
+            RayWorkerHandle(cls.remote(str(model), dtype, "cuda" if gpu else device, f"worker-{i}",
+                                       log_level=log_level), f"worker-{i}")
             for i in range(workers)
         ]
 
@@ -315,7 +317,8 @@ def build_executor(settings: RunSettings, kind: str | None = None) -> Executor:
         per_gpu = int(1 / settings.gpus_per_worker + 1e-9) if device.startswith("cuda") else 0
         workers = settings.workers or (max(gpus * per_gpu, 1) if per_gpu else 1)
         executor = RayExecutor(settings.model, workers=workers, dtype=settings.dtype, device=device,
-                               failover_wait=settings.failover_wait, gpus_per_worker=settings.gpus_per_worker)
+                               failover_wait=settings.failover_wait, gpus_per_worker=settings.gpus_per_worker,
+                               log_level=settings.log_level)
     except BaseException:
         if started:
             ray.shutdown()

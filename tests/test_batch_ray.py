@@ -176,6 +176,7 @@ def test_plandiff_batch_as_a_ray_job_on_two_workers_survives_losing_one(head, co
     assert moved >= 1, "the killed worker's requests were not moved"
     assert set(summary["per_worker"]) == {"worker-0", "worker-1"}  # both fed
     assert '"event": "batch_progress"' in log  # not a terminal: structured progress
+    assert "request_opened" not in log  # the worker actors log at --log-level too (their INFO lines)
 
 
 @pytest.mark.skipif(os.environ.get("PLANDIFF_TEST_RAY_DATA") != "1",

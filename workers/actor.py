@@ -36,9 +36,9 @@ def stdout_to_stderr() -> None:
 
 class WorkerActor(Worker):
     def __init__(self, model: str, dtype: str | None = None, device: str = "cpu", name: str = "worker",
-                 flush_interval: float = 0.05):
+                 flush_interval: float = 0.05, log_level: str = "INFO"):
         stdout_to_stderr()
-        configure_logging()
+        configure_logging(log_level)
         restore_priority()
         # Ray's fractional GPUs (gpus_per_worker < 1): the KV pool takes only this actor's share.
         share = min(ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0), 1.0) or 1.0
