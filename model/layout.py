@@ -8,7 +8,8 @@ The layout is three integers per token instead of an N×N matrix:
 - ``epoch``:    how many ``<sync/>`` tokens precede the token (a span's tags count as its round).
 
 Rule: query q may attend to key k iff
-  (k and q are in the same region)  or  (k.position <= q.position and (k is causal or k.epoch < q.epoch)).
+  (k and q are in the same region)  or  (k.position <= q.position and (k is causal or k.epoch < q.epoch)),
+and k is not padding (region ``PADDING``: the filler of a batch of many sequences, seen by nobody).
 
 So the prompt and the plan are causal; a span sees the prefix and itself but not its siblings; nothing
 before a ``<sync/>`` sees a span of that round, and everything from the ``<sync/>`` on sees them all.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 CAUSAL = -1
+PADDING = -2  # region of padding keys in a padded batch
 
 
 @dataclass
@@ -88,7 +90,7 @@ def allowed(
     same_region = (q_region[..., :, None] == k_region[..., None, :]) & (k_region[..., None, :] != CAUSAL)
     earlier = k_pos[..., None, :] <= q_pos[..., :, None]
     visible = (k_region[..., None, :] == CAUSAL) | (k_epoch[..., None, :] < q_epoch[..., :, None])
-    return same_region | (earlier & visible)
+    return (same_region | (earlier & visible)) & (k_region[..., None, :] != PADDING)
 
 
 def mask_rows(layout: Layout, query_positions: torch.Tensor, key_length: int) -> torch.Tensor:

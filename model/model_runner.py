@@ -15,9 +15,9 @@ import torch
 from .errors import PromptTooLongError
 from .generation import Forward, RequestState, decide
 from .kv_pool import BLOCK, KVPool, blocks_for, slot_map
-from .layout import allowed
-from .network import DreamNetwork, PackedBatch
-from .step_graphs import PADDING, GraphShape, StepGraphs, pack_padded
+from .layout import PADDING, allowed
+from .network import DreamNetwork, PackedBatch, attention_bias
+from .step_graphs import GraphShape, StepGraphs, pack_padded
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Sequence:
     state: RequestState
     blocks: list[int]
     slots: torch.Tensor  # [blocks × BLOCK] pool slot of each position (host)
-    slot_list: list[int] = field(default_factory=list)  # the same as a list (read per token)
+    slot_list: list[int] = field(init=False)  # the same as a list (read per token)
 
     def __post_init__(self):
         self.slot_list = self.slots.tolist()
@@ -161,9 +161,7 @@ class ModelRunner:
         tokens, queries, keys = tokens.to(device), queries.to(device), keys.to(device)
         key_positions = torch.arange(l_max, device=device)
         mask = allowed(queries[0], queries[1], queries[2], key_positions, keys[0], keys[1])
-        mask &= (keys[0] != PADDING)[:, None]
-        low = torch.finfo(self.network.dtype).min
-        bias = torch.zeros(mask.shape, dtype=self.network.dtype, device=device).masked_fill(~mask, low)[:, None]
+        bias = attention_bias(mask, self.network.dtype)[:, None]
         batch = PackedBatch(
             input_ids=tokens[0], positions=tokens[1], write_slots=tokens[2], read_slots=read.to(device), bias=bias,
             query_index=None if count == 1 else index.to(device),

@@ -28,8 +28,17 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fp32 statistics, cast back before the weight (reference §1.1); fused: one kernel, not seven
-        return self.weight * F.rms_norm(x, x.shape[-1:], eps=self.eps)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """fp32 statistics, cast back before the weight (reference §1.1); fused: one kernel, not seven."""
+    return weight * F.rms_norm(x, x.shape[-1:], eps=eps)
+
+
+def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive attention bias of a boolean mask (True = may attend): 0, or dtype min."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
 class Rotary(nn.Module):
@@ -164,7 +173,7 @@ class DecoderLayer(nn.Module):
 
     def forward_packed(self, x, cos, sin, batch, keys, values, segments):
         """Packed tokens [T, hidden] (Attention.attend_packed). The parts around attention are
-        `segments` (pre_attention, post_attention: eager, or compiled by DreamNetwork.compile)."""
+        `segments` (pre_attention, post_attention: eager, or compiled by DreamNetwork.compile_packed)."""
         attn, mlp = self.self_attn, self.mlp
         qkv_weight, qkv_bias = fused(attn, "_qkv", (attn.q_proj, attn.k_proj, attn.v_proj))
         gate_up, _ = fused(mlp, "_gate_up", (mlp.gate_proj, mlp.up_proj))
@@ -179,7 +188,7 @@ def pre_attention(x, norm_weight, qkv_weight, qkv_bias, cos, sin, eps: float, he
                   head_dim: int):
     """Packed x [T, hidden] → q [heads, T, d], k, v [kv_heads, T, d]: the input norm, one matmul for
     q, k and v, one rotation for q and k (a small step is bound by its kernel count)."""
-    h = norm_weight * F.rms_norm(x, x.shape[-1:], eps=eps)
+    h = rms_norm(x, norm_weight, eps)
     qkv = F.linear(h, qkv_weight, qkv_bias).unflatten(-1, (-1, head_dim)).transpose(0, 1)  # [heads, T, d]
     rotated = rotate(qkv[: heads + kv_heads], cos, sin)
     return rotated[:heads], rotated[heads:], qkv[heads + kv_heads:]
@@ -189,7 +198,7 @@ def post_attention(x, attended, o_weight, norm_weight, gate_up_weight, down_weig
     """The residual stream after attention: o_proj, residual, norm, the MLP (gate and up in one
     matmul), residual."""
     x = x + F.linear(attended, o_weight)
-    h = norm_weight * F.rms_norm(x, x.shape[-1:], eps=eps)
+    h = rms_norm(x, norm_weight, eps)
     gate, up = F.linear(h, gate_up_weight).chunk(2, dim=-1)
     return x + F.linear(F.silu(gate) * up, down_weight)
 
@@ -241,10 +250,6 @@ class DreamNetwork(nn.Module):
         its kernel count; the first steps pay the compilation."""
         self.__dict__["_segments"] = tuple(torch.compile(part, dynamic=True) for part in EAGER)
 
-    def _bias(self, mask: torch.Tensor) -> torch.Tensor:
-        """The additive attention bias of a boolean mask (True = may attend)."""
-        return torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill(~mask, torch.finfo(self.dtype).min)
-
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
 
@@ -252,7 +257,7 @@ class DreamNetwork(nn.Module):
         """Logits [B, T, vocab] for whole sequences `input_ids` [B, T] at positions 0…T−1 with
         `mask` [B, T, T] (True = may attend); differentiable, no cache."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        bias = self._bias(mask)[:, None]
+        bias = attention_bias(mask, self.dtype)[:, None]
         cos, sin = self.rotary(positions, self.dtype)
         x = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import allowed
-from .network import DreamNetwork, PackedBatch
+from .layout import PADDING, allowed
+from .network import DreamNetwork, PackedBatch, attention_bias
 
 GRAPH_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 GRAPH_WIDTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 GRAPH_TOKENS = 256  # count × width at most: a larger step is compute-bound, its launches matter little
 GRAPH_LENGTH = 256  # keys are padded to a multiple of this
-PADDING = -2  # region of padding keys (real regions are ≥ -1)
 FIELDS = 6  # per query row: id, position, write slot, region, epoch, logit row; per key: slot, region, epoch
 
 
@@ -94,9 +93,7 @@ def padded_forward(network: DreamNetwork, pool, buffer: torch.Tensor, shape: Gra
     grid = (shape.count, shape.width)
     key_positions = torch.arange(shape.length, device=buffer.device)
     mask = allowed(positions.view(grid), region.view(grid), epoch.view(grid), key_positions, key_region, key_epoch)
-    mask &= (key_region != PADDING)[:, None]
-    low = torch.finfo(network.dtype).min
-    bias = torch.zeros(mask.shape, dtype=network.dtype, device=buffer.device).masked_fill(~mask, low)[:, None]
+    bias = attention_bias(mask, network.dtype)[:, None]
     batch = PackedBatch(input_ids=ids, positions=positions, write_slots=write, read_slots=read, bias=bias,
                         query_index=None, packed_rows=None)
     return network.logits(network.forward_packed(batch, pool)[logit_rows])

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from plandiff.model.layout import CAUSAL, Layout, allowed, mask_rows
+from plandiff.model.layout import CAUSAL, PADDING, Layout, allowed, mask_rows
 
 # token kinds of the reference walker
 TEXT, OPEN, SLOT, CLOSE, SYNC = "text", "<async>", "slot", "</async>", "<sync/>"
@@ -342,3 +342,17 @@ def test_allowed_on_raw_tensors():
         [1, 1, 1, 1, 1, 1, 1],
     ], dtype=torch.bool)
     assert torch.equal(got, expected)
+
+
+def test_padding_keys_are_seen_by_nobody():
+    """A padded batch's filler keys (region PADDING) are invisible to every query, causal, span,
+    later epoch or padding itself."""
+    q_pos = torch.tensor([5, 6, 7, 8])
+    q_region = torch.tensor([CAUSAL, 0, 1, PADDING])
+    q_epoch = torch.tensor([0, 0, 3, 0])
+    k_pos = torch.arange(4)
+    k_region = torch.tensor([CAUSAL, PADDING, 0, PADDING])
+    k_epoch = torch.tensor([0, 0, 0, 2])
+    mask = allowed(q_pos, q_region, q_epoch, k_pos, k_region, k_epoch)
+    assert not mask[:, [1, 3]].any()
+    assert mask[:, 0].all()  # the causal key stays visible
