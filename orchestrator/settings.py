@@ -124,6 +124,7 @@ class TrainSettings(BaseModel):
     eval_every: int = Field(200, ge=1)
     init: str | None = None
     compile: bool = False
+    snapshots: list[int] = Field(default_factory=list, description="steps whose weights are also written to output/step-N")
     device: str | None = None
     network: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)

@@ -123,6 +123,9 @@ def test_bad_recipe_is_a_clear_error(tmp_path, capsys):
     path.write_text("output: x\ndata:\n  join: sometimes\n")
     assert cli.main(["train", "--config", str(path)]) == 2  # refused before any data is drawn
     assert "data.join must be span or text" in capsys.readouterr().err
+    path.write_text(f"output: {tmp_path / 'out'}\ndata:\n  skip: 100\n")
+    assert cli.main(["train", "--config", str(path), "--device", "cpu"]) == 2  # whose examples would it skip?
+    assert "data.skip continues the examples of another run" in capsys.readouterr().err
 
 
 def test_a_missing_tokenizer_folder_fails_before_the_data_is_drawn(tmp_path, capsys):

@@ -20,7 +20,7 @@ loss = mean plan cross-entropy + Σ_masked CE/t ÷ number of slots.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
@@ -152,8 +152,12 @@ class Packed:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def columns(self) -> tuple[torch.Tensor, ...]:
+        """The tensors in field order (dataclasses.astuple would deep-copy them)."""
+        return tuple(getattr(self, f.name) for f in fields(self))
+
     def to(self, device: str | torch.device) -> Packed:
-        return Packed(*(t.to(device) for t in astuple(self)))
+        return Packed(*(t.to(device) for t in self.columns()))
 
 
 def pack(sequences: list[Sequence], pad_token: int, device: str | torch.device = "cpu") -> Packed:
@@ -174,23 +178,23 @@ def pack(sequences: list[Sequence], pad_token: int, device: str | torch.device =
 
 
 def concat(parts: list[Packed], pad_token: int) -> Packed:
-    """The rows of `parts` (CPU) in order, right-padded to the longest: worker processes pack their
+    """The rows of `parts` in order, right-padded to the longest: worker processes pack their
     chunks, so the main process copies arrays instead of building a million rows one by one."""
     length = max(p.tokens.shape[1] for p in parts)
 
     def widen(p: Packed) -> Packed:
-        n, extra = len(p), length - p.tokens.shape[1]
+        n, extra, device = len(p), length - p.tokens.shape[1], p.tokens.device
 
         def fill(value, dtype=STORED):
-            return torch.full((n, extra), value, dtype=dtype)
+            return torch.full((n, extra), value, dtype=dtype, device=device)
 
         return Packed(
             torch.cat([p.tokens, fill(pad_token)], 1), torch.cat([p.ar_labels, fill(IGNORE)], 1),
             torch.cat([p.region, torch.arange(_PAD_REGION + p.tokens.shape[1], _PAD_REGION + length,
-                                              dtype=STORED).repeat(n, 1)], 1),
+                                              dtype=STORED, device=device).repeat(n, 1)], 1),
             torch.cat([p.epoch, fill(_PAD_EPOCH)], 1), torch.cat([p.maskable, fill(False, torch.bool)], 1), p.lengths)
 
-    return Packed(*(torch.cat(column) for column in zip(*(astuple(widen(p)) for p in parts))))
+    return Packed(*(torch.cat(column) for column in zip(*(widen(p).columns() for p in parts))))
 
 
 def make_batch(data: Packed, index: torch.Tensor, mask_token: int, generator: torch.Generator,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, astuple, dataclass
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from itertools import repeat
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from transformers import PreTrainedTokenizerFast
@@ -19,9 +20,10 @@ from ..checkpoint_folder import load_tokenizer
 from ..loading import Checkpoint, load_checkpoint
 from ..tags import TagProfile, TagVocabulary
 from .objective import Packed, Sequence, concat, pack
-from .synthetic import Example, ar_completion, completion, make_split
+from .synthetic import DEFAULT_MIX, SHARD, Example, ar_completion, completion, draw_shard, make_split
 from .tokenizer import train_tokenizer
-from .trainer import Pair, TrainConfig, encode, train
+from .rows import Rows
+from .trainer import Pair, TrainConfig, default_device, encode, train
 
 
 @dataclass
@@ -32,6 +34,9 @@ class DataConfig:
     vocab_size: int = 2048
     tokenizer: str | None = None  # reuse this tokenizer folder (so a twin shares the vocabulary)
     join: str = "span"  # rounds after <sync/> as spans, or "text": plain AR text (PD annotation only)
+    # Training examples of the stream to pass over first: a model adapted from another run's
+    # checkpoint at step k skips k × batch and trains on the examples that run trained on next.
+    skip: int = 0
 
     def __post_init__(self) -> None:
         if self.join not in ("span", "text"):
@@ -55,31 +60,63 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
     start = _start(config, data)
     # A tokenizer named by the recipe is loaded first: a wrong folder fails before minutes of drawing.
     named = start.tokenizer if start else load_tokenizer(Path(data.tokenizer)) if data.tokenizer else None
-    # Drawing and encoding examples is pure Python: spread over the cores (one per chunk of work).
-    # One torch thread per worker: a forked child must not enter the OpenMP pool that the parent may
-    # have used (loading `init` does), or its first large tensor operation hangs.
-    with ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("fork"),
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        examples = make_split("train", data.train, data.seed, pool=pool)
-        tokenizer = named or build_tokenizer(examples, data.vocab_size)
+    if data.skip and not named:
+        raise InvalidRequestError("data.skip continues the examples of another run: it needs that run's tokenizer "
+                                  "(init or data.tokenizer)")
+    device = device or default_device()
+    # Drawing and encoding examples is pure Python: spread over the cores (one per chunk of work),
+    # at a lower priority than this process, which launches the training's kernels. One torch
+    # thread per worker: a forked child must not enter the OpenMP pool that the parent may have
+    # used (loading `init` does), or its first large tensor operation hangs.
+    pool = ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("fork"), initializer=_worker_setup)
+    try:
+        if named:
+            tokenizer = named
+        else:
+            # The tokenizer is trained on every training example, so they are drawn first.
+            examples = make_split("train", data.train, data.seed, pool=pool)
+            tokenizer = build_tokenizer(examples, data.vocab_size)
         tokenizer.save_pretrained(output)  # first, so that a twin may start from it while this one trains
-        validation = make_split("validation", data.validation, data.seed)
         tags = TagVocabulary.from_tokenizer(tokenizer)
-        train_data, validation_data = (
-            concat([Packed(*map(torch.from_numpy, arrays)) for arrays in pool.map(
-                _encode_and_pack, _chunks(split), repeat(config), repeat(tokenizer), repeat(data.join))], tags.pad)
-            for split in (examples, validation))
-    if start:
-        network, initial = start.config, start.network.state_dict()  # loaded in float32
-    else:
-        vocab = max(tokenizer.get_vocab().values()) + 1
-        network, initial = DreamConfig(**{
-            "vocab_size": -(-vocab // 64) * 64, "mask_token_id": tags.mask, "pad_token_id": tags.pad,
-            "bos_token_id": tags.end[-1], "eos_token_id": tags.end[-1], "max_position_embeddings": 1024,
-            "rope_theta": 10000.0, "disable_block_sparsity": config.dense, **config.network,
-        }), None
-    return train(config, network, tokenizer, tags, train_data, validation_data, output, device, log, initial,
-                 record={"data": asdict(data)})
+        encoding = (repeat(config), repeat(tokenizer), repeat(data.join))
+        validation = make_split("validation", data.validation, data.seed)
+        validation_data = concat([_unpack(a) for a in pool.map(_encode_and_pack, _chunks(validation), *encoding)],
+                                 tags.pad)
+        # The training rows come as the workers finish them, in order, while the model trains.
+        if named:
+            skipped, chunks = training_chunks(pool, data, config, tokenizer)
+        else:
+            skipped, chunks = 0, map(_unpack, pool.map(_encode_and_pack, _chunks(examples), *encoding))
+        rows = Rows(chunks, tags.pad, device, skip=skipped, keep=config.steps * config.batch_size > data.train)
+        if start:
+            network, initial = start.config, start.network.state_dict()  # loaded in float32
+        else:
+            vocab = max(tokenizer.get_vocab().values()) + 1
+            network, initial = DreamConfig(**{
+                "vocab_size": -(-vocab // 64) * 64, "mask_token_id": tags.mask, "pad_token_id": tags.pad,
+                "bos_token_id": tags.end[-1], "eos_token_id": tags.end[-1], "max_position_embeddings": 1024,
+                "rope_theta": 10000.0, "disable_block_sparsity": config.dense, **config.network,
+            }), None
+        return train(config, network, tokenizer, tags, rows, validation_data, output, device, log, initial,
+                     record={"data": asdict(data)})
+    finally:
+        pool.shutdown(cancel_futures=True)  # a run stopped early does not wait for the rest of its data
+
+
+def training_chunks(pool: Executor, data: DataConfig, config: TrainConfig, tokenizer) -> tuple[int, Iterator[Packed]]:
+    """The training examples drawn and encoded shard by shard in `pool`, in order, from the one
+    holding example `data.skip`; and how many rows of the first chunk come before it."""
+    first, skipped = divmod(data.skip, SHARD)
+    total = skipped + data.train
+    sizes = [min(SHARD, total - k * SHARD) for k in range(-(-total // SHARD))]
+    arrays = pool.map(_draw_and_pack, repeat(data.seed), range(first, first + len(sizes)), sizes,
+                      repeat(config), repeat(tokenizer), repeat(data.join))
+    return skipped, map(_unpack, arrays)
+
+
+def _worker_setup() -> None:
+    torch.set_num_threads(1)
+    os.nice(10)
 
 
 def _workers() -> int:
@@ -99,7 +136,16 @@ def encode_examples(examples: list[Example], config: TrainConfig, tokenizer, joi
 def _encode_and_pack(examples: list[Example], config: TrainConfig, tokenizer, join: str) -> tuple:
     """A chunk encoded and packed in a worker, returned as numpy arrays (a plain copy to send back)."""
     packed = pack(encode_examples(examples, config, tokenizer, join), TagVocabulary.from_tokenizer(tokenizer).pad)
-    return tuple(t.numpy() for t in astuple(packed))
+    return tuple(t.numpy() for t in packed.columns())
+
+
+def _draw_and_pack(seed: int, index: int, size: int, config: TrainConfig, tokenizer, join: str) -> tuple:
+    """Shard `index` of the training split (its first `size` examples), encoded and packed."""
+    return _encode_and_pack(draw_shard("train", size, seed, DEFAULT_MIX, index), config, tokenizer, join)
+
+
+def _unpack(arrays: tuple) -> Packed:
+    return Packed(*map(torch.from_numpy, arrays))
 
 
 def _start(config: TrainConfig, data: DataConfig) -> Checkpoint | None:

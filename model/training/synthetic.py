@@ -138,7 +138,7 @@ def make_split(split: str, n: int, seed: int = 0, mix: dict[str, float] | None =
         sizes = [SHARD] * (missing // SHARD) + [missing % SHARD] * bool(missing % SHARD)
         jobs = [(split, size, seed, mix, shard + k) for k, size in enumerate(sizes)]
         shard += len(jobs)
-        for drawn in (pool.map if pool else map)(_shard, *zip(*jobs)):
+        for drawn in (pool.map if pool else map)(draw_shard, *zip(*jobs)):
             for example in drawn:
                 if example.prompt not in seen and len(out) < n:
                     seen.add(example.prompt)
@@ -146,7 +146,7 @@ def make_split(split: str, n: int, seed: int = 0, mix: dict[str, float] | None =
     return out
 
 
-def _shard(split: str, n: int, seed: int, mix: dict[str, float], index: int) -> list[Example]:
+def draw_shard(split: str, n: int, seed: int, mix: dict[str, float], index: int) -> list[Example]:
     families = [f for f in FAMILIES if mix.get(f, 0) > 0]
     weights = [mix[f] for f in families]
     rng = random.Random(f"plandiff-synthetic/{seed}/{split}" + (f"/{index}" if index else ""))

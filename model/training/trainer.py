@@ -21,6 +21,7 @@ from ..network import DreamNetwork
 from ..tags import TagVocabulary
 from .objective import (Mode, Packed, Sequence, autoregressive_sequence, diffusion_sequence, loss, make_batch,
                         planned_sequence)
+from .rows import Rows
 
 
 @dataclass
@@ -38,6 +39,7 @@ class TrainConfig:
     init: str | None = None  # start from this checkpoint folder (weights, network, tokenizer; any mode)
     compile: bool = False  # torch.compile the forward pass and the loss (`plandiff bench train-step` times it)
     network: dict = field(default_factory=dict)  # DreamConfig fields (hidden_size, num_hidden_layers, …)
+    snapshots: list[int] = field(default_factory=list)  # also write the weights at these steps (output/step-N)
 
 
 @dataclass
@@ -69,7 +71,7 @@ def train(
     network_config: DreamConfig,
     tokenizer: PreTrainedTokenizerBase,
     tags: TagVocabulary,
-    train_data: Packed,
+    train_data: Packed | Rows,
     validation_data: Packed,
     output: str | Path,
     device: str | None = None,
@@ -80,7 +82,7 @@ def train(
     """Train a network from scratch, or from the weights `initial`, and save to `output` the weights
     of the evaluation with the lowest validation loss; return that evaluation's metrics (and the
     last evaluation's under "last" when they differ)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     if device.startswith("cuda"):
         # The CPU only launches kernels: many threads only contend (measured: a 16-core host spent
         # 7 cores spinning).
@@ -88,8 +90,8 @@ def train(
     torch.manual_seed(config.seed)
     # The data lives on the device and batches are drawn there, so the GPU never waits on Python;
     # the rows of a batch are picked on the CPU, where their lengths are known without a sync.
-    lengths = train_data.lengths.cpu()
-    train_data, validation_data = train_data.to(device), validation_data.to(device)
+    rows = train_data if isinstance(train_data, Rows) else Rows([train_data], tags.pad, device)
+    validation_data = validation_data.to(device)
     picker = torch.Generator().manual_seed(config.seed)
     generator = torch.Generator(device).manual_seed(config.seed)
     network = DreamNetwork(network_config)
@@ -110,16 +112,16 @@ def train(
     validating = 0.0  # seconds spent on validation and checkpoints, left out of the step time
     metrics: dict = {}
     best: dict | None = None  # the metrics of the evaluation with the lowest validation loss
-    order, seen = torch.empty(0, dtype=torch.long), 0  # an epoch's shuffled rows, and how many are used
     for step in range(1, config.steps + 1):
         network.train()
-        if seen + config.batch_size > len(order):
-            order, seen = torch.randperm(len(lengths), generator=picker), 0
-        index, seen = order[seen:seen + config.batch_size], seen + config.batch_size
-        batch = make_batch(train_data, index, tags.mask, generator, length=int(lengths[index].max()))
+        data, index, length = rows.batch(config.batch_size, picker)
+        batch = make_batch(data, index, tags.mask, generator, length)
         stats = optimize(network, optimizer, step_loss, batch, autocast)
         schedule.step()
         progress(step, stats["loss"])
+        if step in config.snapshots:  # a starting point for another run (a PD model adapted at this step)
+            saved.load_state_dict(network.state_dict())
+            save_checkpoint(Path(output, f"step-{step}"), network_config, saved, tokenizer)
         if step % config.eval_every == 0 or step == config.steps:
             before = time.perf_counter()
             validation_loss = _validate(network, validation_data, tags, config, autocast)
@@ -127,7 +129,8 @@ def train(
             before = time.perf_counter()
             elapsed = before - started
             metrics = {"step": step, "train_loss": float(stats["loss"]), "validation_loss": validation_loss,
-                       "seconds": round(elapsed, 1), "seconds_per_step": round((elapsed - validating) / step, 4)}
+                       "seconds": round(elapsed, 1), "seconds_per_step": round((elapsed - validating) / step, 4),
+                       "rows": rows.rows, "data_wait_seconds": round(rows.waited, 1)}
             log(metrics)
             # The weights kept are those of the lowest validation loss: a model that starts to
             # overfit is not shipped past its best point. Written now, so a run stopped early
@@ -139,6 +142,10 @@ def train(
             _summary(output, record, best, metrics, step)
             validating += time.perf_counter() - before
     return best if best is metrics else best | {"last": metrics}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_optimizer(network: torch.nn.Module, config: TrainConfig, device: str) -> torch.optim.Optimizer:
