@@ -2,7 +2,10 @@
 
 import math
 import multiprocessing
+import os
 import re
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
@@ -50,6 +53,17 @@ def test_shards_drawn_in_parallel_give_the_same_examples(monkeypatch):
         assert make_split("validation", 130, seed=3, pool=pool) == serial
     assert len({e.prompt for e in serial}) == 130
     assert serial[:40] == make_split("validation", 40, seed=3)
+
+
+def test_the_examples_do_not_depend_on_the_process_hash_seed():
+    """Two processes draw the same examples whatever PYTHONHASHSEED is (a set of attribute names
+    once ordered the draws: a twin and its PD model, or two eval runs, got different examples)."""
+    code = ("import hashlib; from plandiff.model.training.synthetic import make_split; "
+            "print(hashlib.sha256(repr([(e.prompt, e.facts) for s in ('train', 'test', 'heldout') "
+            "for e in make_split(s, 60, seed=1)]).encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], env=os.environ | {"PYTHONHASHSEED": seed},
+                              capture_output=True, text=True, check=True).stdout for seed in ("1", "2")}
+    assert len(digests) == 1
 
 
 def test_splits_are_disjoint_and_deduplicated(train_examples):

@@ -137,7 +137,7 @@ def draw_entities(rng: random.Random, kind: str, n: int, n_attrs: int | tuple[in
         pronoun = "It" if kind == "company" else rng.choice(["She", "He", "They"]) if rng.random() < 0.3 else (
             "She" if rng.random() < 0.5 else "He")
         entities.append(Entity(kind, name, pronoun, {k: None for k in keys}))
-    for key in {k for e in entities for k in e.attrs}:
+    for key in dict.fromkeys(k for e in entities for k in e.attrs):  # in order: a set's would vary with PYTHONHASHSEED
         holders = [e for e in entities if key in e.attrs]
         values = _values(rng, key, len(holders), pool, distinct=key == required or rng.random() < 0.6)
         for e, v in zip(holders, values):

@@ -215,14 +215,20 @@ def _norm(text: str) -> str:
 
 def _contains(normalized_text: str, normalized_fact: str) -> bool:
     """`fact` occurs as whole words (no word character on either side)."""
+    return _find(normalized_text, normalized_fact) is not None
+
+
+def _find(normalized_text: str, normalized_fact: str) -> int | None:
+    """Where `fact` first occurs as whole words, or None (str.find: a regex per fact would be
+    compiled anew, as drawing checks more distinct facts than the regex cache holds)."""
     start = normalized_text.find(normalized_fact)
     while start >= 0:
         end = start + len(normalized_fact)
         if not (start and _is_word(normalized_text[start - 1])) and not (
                 end < len(normalized_text) and _is_word(normalized_text[end])):
-            return True
+            return start
         start = normalized_text.find(normalized_fact, start + 1)
-    return False
+    return None
 
 
 def _is_word(char: str) -> bool:
@@ -232,12 +238,6 @@ def _is_word(char: str) -> bool:
 def _last_sentence(normalized_text: str) -> str:
     pieces = re.split(r"(?<=[.!?])\s+", normalized_text.strip())
     return pieces[-1] if pieces else ""
-
-
-def _find(normalized_text: str, normalized_fact: str) -> int | None:
-    """Where `fact` first occurs as whole words, or None."""
-    match = re.search(rf"(?<!\w){re.escape(normalized_fact)}(?!\w)", normalized_text)
-    return match.start() if match else None
 
 
 def entity_parts(example: Example, normalized_text: str) -> list[str | None]:
