@@ -54,9 +54,10 @@ def encode(pairs: list[Pair], tokenizer: PreTrainedTokenizerBase, tags: TagVocab
            encode_prompt: Callable[[str], list[int]]) -> list[Sequence]:
     end = tags.end[0]
     sequences = []
-    for pair in pairs:
+    answers = tokenizer.backend_tokenizer.encode_batch([p.answer for p in pairs], add_special_tokens=False)
+    for pair, encoded in zip(pairs, answers):
         prompt = encode_prompt(pair.prompt)
-        answer = tokenizer.encode(pair.answer, add_special_tokens=False)
+        answer = encoded.ids
         if config.mode == "planned":
             sequences.append(planned_sequence(prompt, answer, end, tags, dense=config.dense))
         elif config.mode == "autoregressive":
