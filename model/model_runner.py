@@ -8,6 +8,7 @@ workers' engine (workers/engine.py) steps whatever its scheduler picks. It lives
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +47,9 @@ class ModelRunner:
         self._graphs = StepGraphs(network, self.pool) if on_cuda else None
         # padding rows of a padded step write here (never read unmasked)
         self._scratch = self.pool.allocate(BLOCK)[0] * BLOCK if on_cuda else 0
+        # A list to time every step's phases into (one dict of seconds per step: pack, device,
+        # decide, advance; benchmarks only: it waits for the device after the forward)
+        self.timings: list[dict[str, float]] | None = None
 
     # ------------------------------------------------------------------ memory
 
@@ -68,13 +72,16 @@ class ModelRunner:
     def step(self, seqs: list[Sequence], forwards: list[Forward] | None = None) -> list[Exception | None]:
         """One forward for all `seqs` (their `schedule()` unless given), then advance each; what
         each advance raised (a malformed plan with on_malformed_plan="raise", …), or None."""
+        lap = _Laps(self.timings, self.network.device)
         forwards = forwards or [s.state.schedule() for s in seqs]
         for seq, forward in zip(seqs, forwards):
             if forward.fresh_cache:
                 self.pool.zero(seq.blocks)
-        logits = self.forward(seqs, forwards)
+        logits = self.forward(seqs, forwards, lap)
         self.forwards += 1
+        lap("device", sync=True)
         decisions = self._decide(seqs, forwards, logits)
+        lap("decide")
         errors: list[Exception | None] = []
         for seq, forward, rows, decision in zip(seqs, forwards, logits, decisions):
             try:
@@ -82,6 +89,7 @@ class ModelRunner:
                 errors.append(None)
             except Exception as err:  # one request's failure must not stop the others
                 errors.append(err)
+        lap("advance")
         return errors
 
     @staticmethod
@@ -110,11 +118,13 @@ class ModelRunner:
                 start += n
         return decisions
 
-    def forward(self, seqs: list[Sequence], forwards: list[Forward]) -> list[torch.Tensor]:
+    def forward(self, seqs: list[Sequence], forwards: list[Forward], lap: _Laps | None = None) -> list[torch.Tensor]:
         """The logits of each forward's logit positions (rows in that order), left on the device."""
+        lap = lap or _Laps(None, self.network.device)
         shape = GraphShape.of(forwards) if self.cuda_graphs else None
         if shape is not None:
             buffer, counts = pack_padded(seqs, forwards, shape, self._scratch)
+            lap("pack")
             try:
                 logits = self._graphs.run(shape, buffer)
             except RuntimeError as err:  # a capture this torch build refuses: stay eager, and say why
@@ -122,6 +132,7 @@ class ModelRunner:
                 return self.forward(seqs, forwards)
             return list(torch.split(logits[: sum(counts)], counts))
         batch, logit_rows, counts = self._pack(seqs, forwards)
+        lap("pack")
         hidden = self.network.forward_packed(batch, self.pool)
         logits = self.network.logits(hidden[logit_rows])
         return list(torch.split(logits, counts))
@@ -168,3 +179,23 @@ class ModelRunner:
             packed_rows=None if count == 1 else torch.cat(packed_rows).to(device),
         )
         return batch, torch.tensor(logit_rows, dtype=torch.long, device=device), counts
+
+
+class _Laps:
+    """Seconds since the last lap, summed per phase into a new dict appended to `timings` (no-op
+    without a list). sync=True waits for the device first, so the phase holds its work."""
+
+    def __init__(self, timings: list[dict[str, float]] | None, device: torch.device):
+        self.record: dict[str, float] | None = None
+        if timings is not None:
+            self.record, self.device, self.last = {}, device, time.perf_counter()
+            timings.append(self.record)
+
+    def __call__(self, phase: str, sync: bool = False) -> None:
+        if self.record is None:
+            return
+        if sync and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.record[phase] = self.record.get(phase, 0.0) + now - self.last
+        self.last = now

@@ -256,6 +256,18 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     full = [s for s in log if s["phase"] == "denoise" and s["requests"] == many]
     report["batched_denoise"] = {"requests": many, **(summary(full) or {})}
 
+    # (3b) where a step's time goes, batch 1 and batched: host phases, and the device's share
+    report["step_phases"] = {}
+    for mode, options, forced in (("ar", pd.replace(mode="autoregressive", max_new_tokens=40), None), ("pd", pd, plan)):
+        for n in sorted({1, many}):
+            runner.timings = []
+            drive([new_state(runtime, prompt, options, forced) for _ in range(n)])
+            timed, runner.timings = runner.timings[1:], None  # after the prefill
+            report["step_phases"][f"{mode}_{n}"] = {
+                "requests": n, "steps": len(timed),
+                **{f"{phase}_ms": statistics.median(t.get(phase, 0.0) for t in timed) * 1e3
+                   for phase in ("schedule", "pack", "device", "decide", "advance")}}
+
     # (4) through the orchestrator, one in-process worker
     report["concurrency"] = asyncio.run(sweep(runtime, prompt, plan, pd, ar, concurrency))
 
@@ -336,6 +348,10 @@ def print_table(r: dict) -> None:
         print(f"{name:28s} {s['seconds']:7.3f} {s['critical_path']:10d} {s.get('speedup_vs_ar', 1):8.2f} "
               f"{s.get('share_of_ratio', 1):8.2f}")
     print(f"AR decode step {e['ar']['median_decode_step_s'] * 1e3:.2f} ms = {e['ar']['x_floor_per_token']:.2f} × floor")
+    phases = ("schedule", "pack", "device", "decide", "advance")
+    print(f"{'step phases (median ms)':24s} {'steps':>5s} " + " ".join(f"{p:>8s}" for p in phases))
+    for name, s in r["step_phases"].items():
+        print(f"{name:24s} {s['steps']:5d} " + " ".join(f"{s[p + '_ms']:8.2f}" for p in phases))
     print(f"{'orchestrator':14s} {'conc.':>5s} {'tok/s':>8s} {'× c=1':>6s} {'p50 s':>7s} {'p99 s':>7s} {'forwards':>8s}")
     for key, s in r["concurrency"].items():
         if isinstance(s, dict):

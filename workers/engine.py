@@ -9,6 +9,7 @@ moment it finishes, fails or is aborted, freeing its KV memory for the next wait
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from plandiff.model.events import RequestEvent
@@ -67,11 +68,15 @@ class Engine:
 
     def step(self) -> list[StepOutput]:
         """One forward for the requests the scheduler picks; their events (none picked: [])."""
+        started = time.perf_counter()
         entries, forwards = self.scheduler.schedule()
         self.last_step = [(e.request_id, e.state.phase, f) for e, f in zip(entries, forwards)]  # for benchmarks
         if not entries:
             return []
+        scheduling = time.perf_counter() - started
         errors = self.runner.step([e.seq for e in entries], forwards)
+        if self.runner.timings:  # the runner timed its phases of this step
+            self.runner.timings[-1]["schedule"] = scheduling
         outputs = []
         for entry, error in zip(entries, errors):
             output = StepOutput(entry.request_id, entry.state, entry.state.drain(), error)
