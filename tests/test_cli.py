@@ -1,7 +1,7 @@
 """The `plandiff` command line, run in-process (`cli.main(argv)`, output read with capsys), and the
 settings precedence behind it: CLI flags > environment (PLANDIFF_…) > YAML preset > defaults.
 
-One smoke test runs the installed console script in a subprocess, so that a broken entry point is
+Two smoke tests run the installed console script in a subprocess, so that a broken entry point is
 caught; every other test calls `main` directly (a subprocess pays ~2–3 s of imports).
 """
 
@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,6 +260,23 @@ def test_console_script_runs_the_shipped_demo_model(tmp_path):
     assert spans[0]["text"].startswith("Maya") and spans[1]["text"].startswith("Omar")
     assert "34" in spans[0]["text"] and "51" in spans[1]["text"]
     assert not any(tmp_path.iterdir())  # nothing was built or cached
+
+
+def test_live_generate_says_something_before_the_heavy_imports():
+    """A newcomer at a terminal sees a line at once, not after pydantic, structlog and torch load
+    (issue 18: within 0.5 s); the process is stopped after that line."""
+    beside = Path(sys.executable).with_name("plandiff")
+    script = str(beside) if beside.exists() else shutil.which("plandiff")
+    start = time.monotonic()
+    proc = subprocess.Popen([script, "generate", "--live", DEMO_PROMPT], stdout=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        waited = time.monotonic() - start
+    finally:
+        proc.kill()
+        proc.wait()
+    assert first.startswith("plandiff: starting")
+    assert waited < 0.5, f"the first line came after {waited:.2f} s"
 
 
 def test_bare_generate_prints_the_demo_models_answer(plandiff):

@@ -183,9 +183,9 @@ def test_timeout_raises_and_the_server_cancels_the_work(server, url):
     before = forwards()
 
     async def go():
-        async with client(url, timeout=0.3, max_retries=0) as c:
-            with pytest.raises(APITimeoutError):
-                await c.generate("long", max_tokens=1800)
+        async with client(url, timeout=0.2, max_retries=0) as c:
+            with pytest.raises(APITimeoutError):  # autoregressive: a plan round would end at max_plan_tokens
+                await c.generate("long", max_tokens=1800, mode="autoregressive")
         async with httpx.AsyncClient() as h:  # the disconnect freed the slot
             deadline = time.monotonic() + 10
             while (await h.get(url + "/health")).json()["requests_running"]:
