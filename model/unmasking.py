@@ -7,6 +7,7 @@ span-length vector that includes the span's tags (scored -inf).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -81,14 +82,40 @@ def timesteps(steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
     return torch.linspace(1, EPS, steps + 1, device=device)
 
 
-def commit_count(masked: int, step: int, steps: int, times: torch.Tensor) -> int:
-    """Tokens a span with `masked` masks commits at `step` of `steps` (pd_* orders, §3.5)."""
-    if step < steps - 1:
-        ratio = 1 - times[step + 1] / times[step]
-        count = int(masked * ratio)
-    else:
-        count = masked
+def step_ratios(times: torch.Tensor) -> list[float]:
+    """The share of a span's masks each step commits, `1 − t[i+1] / t[i]`, computed in fp32 as the
+    reference does, once per round (the floats are then exact fp32 values)."""
+    return (1 - times[1:] / times[:-1]).tolist()
+
+
+def fp32(x: float) -> float:
+    """`x` rounded to the nearest fp32 value: the reference multiplies a count by an fp32 ratio."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def commit_count(masked: int, step: int, steps: int, ratios: list[float]) -> int:
+    """Tokens a span with `masked` masks commits at `step` of `steps` (pd_* orders, §3.5). The
+    product is exact in a double and then rounded to fp32: the reference's fp32 tensor product."""
+    count = int(fp32(masked * ratios[step])) if step < steps - 1 else masked
     return min(max(1, count), masked)
+
+
+def commit_mask(scores: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, lo: torch.Tensor,
+                hi: torch.Tensor) -> torch.Tensor:
+    """Which of a step's proposals commit, for many spans of many requests at once, on the scores'
+    device. The rows come grouped by span, `rows[s]` of them for span s; a row commits when its
+    rank in its span (best score first) is below `k[s]` and it is the best or scores at least
+    `lo[s]`, or when it scores at least `hi[s]` (adaptive: τ-confident slots commit beyond the
+    schedule; threshold: candidates below τ are rejected). Equal scores rank in row order."""
+    count = scores.shape[0]
+    span = torch.repeat_interleave(torch.arange(rows.shape[0], device=scores.device), rows, output_size=count)
+    by_score = torch.sort(scores, descending=True, stable=True).indices
+    order = by_score[torch.sort(span[by_score], stable=True).indices]  # by span, best first within it
+    first_row = torch.cumsum(rows, 0) - rows
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(count, device=scores.device) - first_row[span[order]]
+    lo, hi = lo.to(scores.dtype)[span], hi.to(scores.dtype)[span]  # compared in the scores' dtype
+    return (rank < k[span]) & ((rank == 0) | (scores >= lo)) | (scores >= hi)
 
 
 @dataclass
@@ -117,9 +144,13 @@ class ThresholdSchedule:
         """Given the span's selected candidates' scores (best first), return which are accepted."""
         accepted = scores >= self.threshold
         accepted[0] = True
-        self.carry[span] = 0
-        for _ in range(int((~accepted).sum())):
-            self.carry[span] += 1
+        self.reject(span, int((~accepted).sum()), step)
+        return accepted
+
+    def reject(self, span: int, rejected: int, step: int) -> None:
+        """The span's candidates not accepted at `step` (commit_mask with lo = τ decided which)
+        are carried to the next step; a rejection on or after the last step adds a step."""
+        self.carry[span] = rejected
+        for _ in range(rejected):
             if not step < self.steps - 1:
                 self.steps += 1
-        return accepted

@@ -140,6 +140,7 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     import torch
 
     from plandiff.model import GenerationOptions
+    from plandiff.model.generation import Phase
     from plandiff.model.kv_pool import BLOCK
     from plandiff.model.runtime import ModelRuntime
     from plandiff.workers.engine import Engine
@@ -255,6 +256,23 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     log = drive([new_state(runtime, prompt, pd, plan) for _ in range(many)])
     full = [s for s in log if s["phase"] == "denoise" and s["requests"] == many]
     report["batched_denoise"] = {"requests": many, **(summary(full) or {})}
+
+    if profile and dev.type == "cuda":  # where a batched denoising step's device time goes, kernel by kernel
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        states = [new_state(runtime, prompt, pd, plan) for _ in range(many)]
+        for i, state in enumerate(states):
+            engine.add(str(i), state)
+        while not all(s.phase is Phase.DENOISE for s in states):
+            engine.step()
+        sync(dev)
+        with profiler(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            engine.step()
+            sync(dev)
+        print(f"one denoising step of {many} requests:")
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25))
+        step_log(engine, dev)
 
     # (3b) where a step's time goes, batch 1 and batched: host phases, and the device's share
     report["step_phases"] = {}

@@ -16,7 +16,8 @@ import torch
 from plandiff.model import InvalidRequestError
 
 from plandiff.model.unmasking import (
-    EPS, Sampling, ThresholdSchedule, commit_count, diffusion_steps, filter_logits, next_token, propose, timesteps,
+    EPS, Sampling, ThresholdSchedule, commit_count, commit_mask, diffusion_steps, filter_logits, next_token, propose,
+    step_ratios, timesteps,
 )
 
 NO_FILTER = Sampling(temperature=0.0, top_p=None, top_k=None)
@@ -27,7 +28,7 @@ def simulate(blocks: tuple[int, ...], ratio: float) -> tuple[int, int, list[list
 
     `m` is re-evaluated every step; the loop stops early when no masks remain (§3.5 step 8)."""
     steps = diffusion_steps(max(blocks), ratio)
-    times = timesteps(steps)
+    ratios = step_ratios(timesteps(steps))
     remaining = list(blocks)
     commits: list[list[int]] = [[] for _ in blocks]
     passes = 0
@@ -38,7 +39,7 @@ def simulate(blocks: tuple[int, ...], ratio: float) -> tuple[int, int, list[list
         for b, m in enumerate(remaining):
             if m == 0:
                 continue
-            k = commit_count(m, step, steps, times)
+            k = commit_count(m, step, steps, ratios)
             assert 1 <= k <= m
             commits[b].append(k)
             remaining[b] -= k
@@ -121,11 +122,11 @@ def test_first_step_floor_is_from_epsilon():
     """§3.5: at ratio 0.5 step 0 gives floor(30 × (1 − t1/t0)) = floor(1.998) = 1."""
     times = timesteps(15)
     assert 1.99 < 30 * (1 - times[1] / times[0]).item() < 2.0
-    assert commit_count(30, 0, 15, times) == 1
+    assert commit_count(30, 0, 15, step_ratios(times)) == 1
 
 
 def test_commit_count_bounds():
-    times = timesteps(10)
+    times = step_ratios(timesteps(10))
     assert commit_count(7, 9, 10, times) == 7  # last scheduled step commits everything left
     assert commit_count(1, 0, 10, times) == 1  # at least one
     assert commit_count(3, 0, 10, times) == 1  # int(3 × ~0.1) = 0 → 1
@@ -136,9 +137,50 @@ def test_commit_count_bounds():
 
 def test_commit_count_last_step_only_when_step_is_last():
     times = timesteps(4)
-    assert commit_count(100, 3, 4, times) == 100
-    assert commit_count(100, 2, 4, times) == int(100 * (1 - times[3] / times[2]).item())
-    assert commit_count(100, 2, 4, times) < 100
+    assert commit_count(100, 3, 4, step_ratios(times)) == 100
+    assert commit_count(100, 2, 4, step_ratios(times)) == int(100 * (1 - times[3] / times[2]).item())
+    assert commit_count(100, 2, 4, step_ratios(times)) < 100
+
+
+def test_commit_count_is_the_references_fp32_tensor_product():
+    """The count is taken in Python from the round's ratios; it must equal the reference's
+    int(masked × (1 − t[i+1] / t[i])) on fp32 tensors for every count, step and schedule."""
+    for steps in (2, 3, 7, 10, 15, 30, 64, 128, 256):
+        times = timesteps(steps)
+        ratios = step_ratios(times)
+        for step in range(steps - 1):
+            ratio = 1 - times[step + 1] / times[step]
+            for m in range(1, 300):
+                assert commit_count(m, step, steps, ratios) == min(max(1, int(m * ratio)), m), (steps, step, m)
+
+
+def test_commit_mask_ranks_within_each_span():
+    """Many spans' rows at once: the k best of each span commit (ties in row order), adaptive's
+    `hi` adds every row at or above it, threshold's `lo` rejects candidates after the best."""
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.9, 0.3, 0.8, 0.2, 0.95, 0.4])
+    rows, inf = torch.tensor([3, 2, 4]), float("inf")
+    commit = commit_mask(scores, rows, torch.tensor([1, 1, 2]), torch.full((3,), -inf), torch.full((3,), inf))
+    assert commit.tolist() == [False, True, False, True, False, True, False, True, False]
+    ties = commit_mask(torch.tensor([0.5, 0.5, 0.5]), torch.tensor([3]), torch.tensor([2]),
+                       torch.tensor([-inf]), torch.tensor([inf]))
+    assert ties.tolist() == [True, True, False]
+    adaptive = commit_mask(scores, rows, torch.tensor([1, 1, 1]), torch.full((3,), -inf), torch.full((3,), 0.5))
+    assert adaptive.tolist() == [False, True, True, True, False, True, False, True, False]
+    threshold = commit_mask(scores, rows, torch.tensor([3, 2, 3]), torch.full((3,), 0.85), torch.full((3,), inf))
+    assert threshold.tolist() == [False, True, False, True, False, False, False, True, False]
+    # against a per-span torch.topk on random scores without ties
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        rows = torch.randint(1, 12, (6,), generator=g)
+        scores = torch.rand(int(rows.sum()), generator=g)
+        k = torch.stack([torch.randint(0, int(n) + 1, (1,), generator=g)[0] for n in rows])
+        got = commit_mask(scores, rows, k, torch.full((6,), -inf), torch.full((6,), inf))
+        want = torch.zeros_like(got)
+        start = 0
+        for n, kk in zip(rows.tolist(), k.tolist()):
+            want[start + torch.topk(scores[start:start + n], kk).indices] = True
+            start += n
+        assert torch.equal(got, want)
 
 
 # ----------------------------------------------------------------------------- threshold schedule
