@@ -17,8 +17,8 @@ from torch.nn.utils.rnn import pad_sequence
 from .errors import PromptTooLongError
 from .generation import CommitRule, Forward, RequestState, decide
 from .kv_pool import BLOCK, KVPool, blocks_for, slot_map
-from .layout import PADDING, allowed
-from .network import DreamNetwork, PackedBatch, attention_bias
+from .layout import PADDING
+from .network import DreamNetwork, PackedBatch
 from .step_graphs import GraphShape, StepGraphs, host_longs, pack_padded
 
 
@@ -142,8 +142,8 @@ class ModelRunner:
 
     def _pack(self, seqs: list[Sequence], forwards: list[Forward]):
         """The packed batch, built on the host from Python lists in one conversion (plus one padded
-        copy each for the requests' key layouts and pool slots), each part sent to the device
-        once; the attention mask is computed on the device from per-token layout metadata."""
+        copy each for the requests' key layouts and pool slots), each part sent to the device once;
+        the network reads attention visibility from the queries' and keys' layout metadata."""
         device = self.network.device
         count = len(seqs)
         t_max = max(len(f.positions) for f in forwards)
@@ -157,7 +157,7 @@ class ModelRunner:
             positions += ps
             writes += [slots[p] for p in ps]
             queries[0] += ps + pad
-            queries[1] += [region[p] for p in ps] + pad
+            queries[1] += [region[p] for p in ps] + [PADDING] * (t_max - n)
             queries[2] += [epoch[p] for p in ps] + pad
             index += [*range(offset, offset + n), *pad]
             packed_rows += range(i * t_max, i * t_max + n)
@@ -166,21 +166,19 @@ class ModelRunner:
             counts.append(len(f.logit_positions))
             offset += n
         flat = host_longs(ids + positions + writes + queries[0] + queries[1] + queries[2] + index + packed_rows
-                          + logit_rows).to(device)
+                          + logit_rows + [f.key_length for f in forwards]).to(device)
         keys = pad_sequence([s.state.layout.keys(f.key_length).T for s, f in zip(seqs, forwards)], batch_first=True,
-                            padding_value=PADDING).to(device)  # [count, l_max, 2]: region, epoch
+                            padding_value=PADDING).to(device).permute(2, 0, 1).contiguous()  # region, epoch
         read = pad_sequence([s.slots[: f.key_length] for s, f in zip(seqs, forwards)], batch_first=True).to(device)
-        tokens, grid, rest = flat[: 3 * offset].view(3, offset), flat[3 * offset: 3 * offset + 4 * count * t_max], \
-            flat[3 * offset + 4 * count * t_max:]
-        query = grid.view(4, count, t_max)  # position, region, epoch, packed row
-        mask = allowed(query[0], query[1], query[2], torch.arange(keys.shape[1], device=device), keys[..., 0],
-                       keys[..., 1])
+        grid = count * t_max
+        tokens, query, rest = flat[: 3 * offset].view(3, offset), flat[3 * offset: 3 * offset + 4 * grid].view(
+            4, count, t_max), flat[3 * offset + 4 * grid:]  # query: position, region, epoch, packed row
         batch = PackedBatch(
             input_ids=tokens[0], positions=tokens[1], write_slots=tokens[2], read_slots=read,
-            bias=attention_bias(mask, self.network.dtype)[:, None],
+            query_layout=query[:3], key_layout=keys, key_lengths=rest[-count:],
             query_index=None if count == 1 else query[3], packed_rows=None if count == 1 else rest[:offset],
         )
-        return batch, rest[offset:], counts
+        return batch, rest[offset:-count], counts
 
 
 class _Laps:

@@ -13,12 +13,16 @@ key; a forward packs the tokens of many sequences (`forward_packed`).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import DreamConfig
+from .layout import allowed
+from .paged_attention import available as paged_attention_available
+from .paged_attention import paged_attention
 
 
 class RMSNorm(nn.Module):
@@ -62,15 +66,20 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 @dataclass
 class PackedBatch:
-    """The device tensors of one packed forward of B sequences (T tokens in all)."""
+    """The device tensors of one packed forward of B sequences (T tokens in all), their queries
+    laid out in a grid [B, Tmax] (padding rows: region PADDING)."""
 
     input_ids: torch.Tensor  # [T]
     positions: torch.Tensor  # [T] RoPE positions
     write_slots: torch.Tensor  # [T] pool slot of each token's key and value
     read_slots: torch.Tensor  # [B, Lmax] pool slots of each sequence's keys (padded)
-    bias: torch.Tensor  # [B, 1, Tmax, Lmax] additive attention bias (dtype min = may not attend)
-    query_index: torch.Tensor | None  # [B, Tmax] packed row of each padded query; None: rows are B × Tmax already
+    query_layout: torch.Tensor  # [3, B, Tmax] position, region, epoch of each query of the grid
+    key_layout: torch.Tensor  # [2, B, Lmax] region, epoch of each key (PADDING past a sequence's keys)
+    key_lengths: torch.Tensor  # [B] keys of each sequence
+    query_index: torch.Tensor | None  # [B, Tmax] packed row of each grid query; None: rows are B × Tmax already
     packed_rows: torch.Tensor | None  # [T] row of each packed token in the flattened [B × Tmax]; None as above
+    bias: torch.Tensor | None = None  # [B, 1, group × Tmax, Lmax] additive attention bias (SDPA); None: the
+    # paged kernel reads the layouts itself (forward_packed sets it)
 
 
 class Attention(nn.Module):
@@ -96,6 +105,9 @@ class Attention(nn.Module):
         [T, heads × d], before o_proj."""
         keys[:, batch.write_slots] = k
         values[:, batch.write_slots] = v
+        if batch.bias is None:  # the pool read in place (paged_attention.py)
+            return paged_attention(q, keys, values, k.shape[1], batch.read_slots, batch.query_layout,
+                                   batch.key_layout, batch.key_lengths, batch.query_index)
         k, v = keys[:, batch.read_slots], values[:, batch.read_slots]  # [kv_heads, B, Lmax, d]
         if batch.query_index is None:  # rows already padded per sequence (T = B × Tmax): nothing to gather
             q = q.unflatten(1, (batch.read_slots.shape[0], -1)).transpose(0, 1)
@@ -221,6 +233,9 @@ class DreamNetwork(nn.Module):
         self.model = DecoderStack(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rotary = Rotary(config.head_dim, config.rope_theta)
+        # packed forwards' attention: "paged" (paged_attention.py, reads the KV pool in place),
+        # "sdpa" (gathered keys, the layout as a bias), "auto": paged on CUDA with Triton
+        self.attention: Literal["auto", "paged", "sdpa"] = "auto"
 
     @property
     def device(self) -> torch.device:
@@ -235,8 +250,13 @@ class DreamNetwork(nn.Module):
         """One forward of many sequences' tokens (`batch`), their keys and values kept in `pool`
         (kv_pool.KVPool); the final hidden states [T, hidden] in packed order."""
         cos, sin = self.rotary(batch.positions, self.dtype)
-        group = self.config.num_attention_heads // self.config.num_key_value_heads
-        batch = replace(batch, bias=batch.bias.repeat(1, 1, group, 1))  # rows (query head in group, query)
+        paged = self.attention == "paged" or self.attention == "auto" and paged_attention_available(self.device)
+        if not paged:  # SDPA over gathered keys, the layout as a bias
+            group = self.config.num_attention_heads // self.config.num_key_value_heads
+            query, key = batch.query_layout, batch.key_layout
+            mask = allowed(query[0], query[1], query[2], torch.arange(key.shape[2], device=key.device), key[0], key[1])
+            bias = attention_bias(mask, self.dtype)[:, None]
+            batch = replace(batch, bias=bias.repeat(1, 1, group, 1))  # rows (query head in group, query)
         x = self.model.embed_tokens(batch.input_ids)
         segments = self.__dict__.get("_segments", EAGER)
         for layer, keys, values in zip(self.model.layers, pool.keys, pool.values):

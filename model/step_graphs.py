@@ -17,14 +17,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import PADDING, allowed
-from .network import DreamNetwork, PackedBatch, attention_bias
+from .layout import PADDING
+from .network import DreamNetwork, PackedBatch
 
 GRAPH_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 GRAPH_WIDTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 GRAPH_TOKENS = 256  # count × width at most: a larger step is compute-bound, its launches matter little
 GRAPH_LENGTH = 256  # keys are padded to a multiple of this
-FIELDS = 6  # per query row: id, position, write slot, region, epoch, logit row; per key: slot, region, epoch
+FIELDS = 6  # per query row: id, position, write slot, region, epoch, logit row; per key: slot, region, epoch;
+# then each request's key count
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class GraphShape:
 
     @property
     def size(self) -> int:
-        return FIELDS * self.rows + 3 * self.count * self.length
+        return FIELDS * self.rows + 3 * self.count * self.length + self.count
 
 
 def host_longs(values: list[int]) -> torch.Tensor:
@@ -69,7 +70,7 @@ def pack_padded(seqs, forwards, shape: GraphShape, scratch: int) -> tuple[torch.
     conversion, plus two tensor copies per request for its keys (64 requests in well under a ms)."""
     rows, width, length = shape.rows, shape.width, shape.length
     buffer = torch.empty(shape.size, dtype=torch.long)
-    key = buffer[FIELDS * rows:].view(3, shape.count, length)
+    key = buffer[FIELDS * rows: -shape.count].view(3, shape.count, length)
     key[0], key[1] = scratch, PADDING
     fields: list[list[int]] = [[] for _ in range(FIELDS - 1)]  # id, position, slot, region, epoch
     logit_rows, counts = [], []
@@ -88,6 +89,7 @@ def pack_padded(seqs, forwards, shape: GraphShape, scratch: int) -> tuple[torch.
         values += [pad_value] * padding
     buffer[: FIELDS * rows] = host_longs([v for values in fields for v in values] + logit_rows
                                          + [0] * (rows - len(logit_rows)))
+    buffer[-shape.count:] = host_longs([f.key_length for f in forwards] + [0] * (shape.count - len(forwards)))
     return buffer, counts
 
 
@@ -96,13 +98,11 @@ def padded_forward(network: DreamNetwork, pool, buffer: torch.Tensor, shape: Gra
     its logit positions first, then padding. What a graph captures; on the CPU it runs as is."""
     rows = shape.rows
     ids, positions, write, region, epoch, logit_rows = buffer[: FIELDS * rows].view(FIELDS, rows)
-    read, key_region, key_epoch = buffer[FIELDS * rows:].view(3, shape.count, shape.length)
+    key = buffer[FIELDS * rows: -shape.count].view(3, shape.count, shape.length)  # slot, region, epoch
     grid = (shape.count, shape.width)
-    key_positions = torch.arange(shape.length, device=buffer.device)
-    mask = allowed(positions.view(grid), region.view(grid), epoch.view(grid), key_positions, key_region, key_epoch)
-    bias = attention_bias(mask, network.dtype)[:, None]
-    batch = PackedBatch(input_ids=ids, positions=positions, write_slots=write, read_slots=read, bias=bias,
-                        query_index=None, packed_rows=None)
+    batch = PackedBatch(input_ids=ids, positions=positions, write_slots=write, read_slots=key[0],
+                        query_layout=buffer[rows: 5 * rows].view(4, *grid)[[0, 2, 3]], key_layout=key[1:],
+                        key_lengths=buffer[-shape.count:], query_index=None, packed_rows=None)
     return network.logits(network.forward_packed(batch, pool)[logit_rows])
 
 

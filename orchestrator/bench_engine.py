@@ -136,7 +136,7 @@ def new_state(runtime, prompt_ids, options, plan=None):
 
 def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, prompt_tokens: int, spans: int,
                      slots: int, concurrency: list[int], json_path: str | None = None, profile: bool = False,
-                     cuda_graphs: bool = True, compile: bool = False) -> int:
+                     cuda_graphs: bool = True, compile: bool = False, attention: str = "auto") -> int:
     import torch
 
     from plandiff.model import GenerationOptions
@@ -163,7 +163,8 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     runner.cuda_graphs = cuda_graphs and dev.type == "cuda"
     if compile:
         network.compile_packed()
-    report["compiled"] = compile
+    network.attention = attention
+    report["compiled"], report["attention"] = compile, attention
     engine = Engine(runner)
 
     def drive(states):

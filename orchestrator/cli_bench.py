@@ -59,6 +59,8 @@ def add_bench(sub) -> None:
                                                           "and (CUDA) a batched denoising step's, kernel by kernel")
     e.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="run every step eagerly (by default small steps replay CUDA graphs: model/step_graphs.py)")
+    e.add_argument("--attention", choices=["auto", "paged", "sdpa"], default="auto",
+                   help="packed forwards' attention: the paged kernel (auto on CUDA) or SDPA over gathered keys")
     e.add_argument("--compile", action="store_true", help="compile the parts of a packed forward around "
                                                           "attention (torch.compile; CUDA)")
     t = what.add_parser("train-step", help="one training step of a checkpoint's network, eager and compiled")
@@ -96,7 +98,7 @@ def run_bench(args) -> int:
 
         return run_bench_engine(args.model, args.shape, args.device, args.dtype, args.prompt_tokens, args.spans,
                                 args.slots, [int(c) for c in args.concurrency.split(",")], args.json,
-                                args.profile, args.cuda_graphs, args.compile)
+                                args.profile, args.cuda_graphs, args.compile, args.attention)
     if args.bench == "train-step":
         return run_train_step(args)
     if args.bench == "overflow":

@@ -2,6 +2,11 @@
 
 import os
 
+# The paged attention kernel (Triton) runs on CPU tensors in Triton's interpreter, which must be
+# chosen before Triton is first imported.
+if os.environ.get("PLANDIFF_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 

@@ -1,0 +1,83 @@
+"""The paged attention kernel (model/paged_attention.py, Triton; on CUDA it is every packed
+forward's attention) against SDPA over gathered keys with the layout as a bias (the CPU path). Here
+it runs in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET): the same program."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from plandiff.model import GenerationOptions
+from plandiff.model.layout import CAUSAL, PADDING, allowed
+from plandiff.model.paged_attention import paged_attention
+
+from .test_engine import FORCED, alone, batched
+
+
+def random_step(seed, count=3, width=5, length=70, heads=8, kv_heads=2, d=16, slots=400):
+    """A step's queries and their requests' keys in a pool: random layouts (regions, epochs,
+    positions), each request with its own number of keys, padding past them."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(count * width, heads, d, generator=g).transpose(0, 1)  # [heads, rows, d], not contiguous
+    keys, values = torch.randn(kv_heads, slots, d, generator=g), torch.randn(kv_heads, slots, d, generator=g)
+    read = torch.stack([torch.randperm(slots, generator=g)[:length] for _ in range(count)])
+    lengths = torch.randint(1, length + 1, (count,), generator=g)
+    key_region = torch.randint(CAUSAL, 3, (count, length), generator=g)
+    key_region[:, 0] = CAUSAL  # every query sees at least the first key
+    key_epoch = torch.randint(0, 3, (count, length), generator=g)
+    for i, n in enumerate(lengths.tolist()):
+        key_region[i, n:] = PADDING
+    query = torch.stack([torch.randint(0, length, (count, width), generator=g),
+                         torch.randint(CAUSAL, 3, (count, width), generator=g),
+                         torch.randint(0, 3, (count, width), generator=g)])
+    return q, keys, values, read, query, torch.stack([key_region, key_epoch]), lengths
+
+
+def reference(q, keys, values, read, query, key_layout):
+    """SDPA over gathered keys with the layout rule as a boolean mask → [count × width, heads × d]."""
+    heads, _, d = q.shape
+    count, width = query.shape[1:]
+    group = heads // keys.shape[0]
+    mask = allowed(query[0], query[1], query[2], torch.arange(read.shape[1]), key_layout[0], key_layout[1])
+    k, v = (x[:, read].transpose(0, 1).repeat_interleave(group, 1) for x in (keys, values))  # [count, heads, L, d]
+    out = F.scaled_dot_product_attention(q.reshape(heads, count, width, d).transpose(0, 1), k, v, attn_mask=mask[:, None])
+    return out.transpose(1, 2).reshape(count * width, heads * d)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_kernel_is_attention_under_the_layout_rule(seed):
+    q, keys, values, read, query, key_layout, lengths = random_step(seed)
+    want = reference(q, keys, values, read, query, key_layout)
+    got = paged_attention(q, keys, values, q.shape[1], read, query, key_layout, lengths, None)
+    assert (got - want).abs().max() < 1e-5
+
+
+def test_packed_queries_land_in_their_rows_and_padding_queries_nowhere():
+    """Queries packed (T rows, fewer than the grid's): each grid query writes the row `query_index`
+    names; grid rows marked PADDING write nothing."""
+    q, keys, values, read, query, key_layout, lengths = random_step(7, count=2, width=4)
+    real = [3, 2]  # queries of each request; the rest of its grid row is padding
+    index = torch.zeros(2, 4, dtype=torch.long)
+    index[0, :3], index[1, :2] = torch.tensor([4, 0, 2]), torch.tensor([1, 3])
+    query[1, 0, 3] = query[1, 1, 2:] = PADDING
+    packed = torch.zeros_like(q[:, :5])
+    for b, n in enumerate(real):
+        packed[:, index[b, :n]] = q[:, b * 4: b * 4 + n]
+    got = paged_attention(packed, keys, values, 5, read, query, key_layout, lengths, index)
+    want = reference(q, keys, values, read, query, key_layout)
+    for b, n in enumerate(real):
+        assert torch.allclose(got[index[b, :n]], want[b * 4: b * 4 + n], atol=1e-5)
+
+
+def test_the_engine_gives_the_same_answers_with_the_kernel(compact):
+    """Every kind of request of test_engine, alone with SDPA and batched (joining, one aborted)
+    with the kernel: the same greedy tokens, events and forwards."""
+    cases = [FORCED[i] for i in (0, 2, 3, 4, 5, 6, 7)]
+    cases = [(p, plan, o.replace(max_new_tokens=min(o.max_new_tokens, 40))) for p, plan, o in cases]
+    solo = [alone(compact, *case) for case in cases]
+    compact.network.attention = "paged"
+    try:
+        states, events, _ = batched(compact, cases, join_at={2: 3}, abort_at=4)
+    finally:
+        compact.network.attention = "auto"
+    for i, state in states.items():
+        assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
