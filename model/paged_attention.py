@@ -1,7 +1,8 @@
-"""Attention that reads the KV pool in place (Triton; used on CUDA): no gathered copy of each
-request's keys and values, and no materialized bias. The layout rule (layout.allowed) is evaluated
-per block of keys from the requests' layout metadata, with an online softmax (fp32) over the keys
-of the query's own request only: the request term of the rule is the program's request.
+"""Attention that reads the KV pool in place (Triton; `DreamNetwork.attention = "paged"`): no
+gathered copy of each request's keys and values, and no materialized bias. The layout rule
+(layout.allowed) is evaluated per block of keys from the requests' layout metadata, with an online
+softmax (fp32) over the keys of the query's own request only: the request term of the rule is the
+program's request.
 
 One program takes one request, one KV head and a block of its query rows (each query position
 times the query heads of that KV head, so a one-token step fills a block with the group's 7 heads
@@ -12,18 +13,12 @@ the same order whatever else shares the step: batching changes nothing.
 from __future__ import annotations
 
 import functools
-import importlib.util
 
 import torch
 
 from .layout import CAUSAL, PADDING
 
 BLOCK_N = 64  # keys per iteration
-
-
-def available(device: torch.device) -> bool:
-    """Whether packed forwards on `device` use this kernel: CUDA with Triton (the CPU runs SDPA)."""
-    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
 @functools.cache

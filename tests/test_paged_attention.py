@@ -1,6 +1,6 @@
-"""The paged attention kernel (model/paged_attention.py, Triton; on CUDA it is every packed
-forward's attention) against SDPA over gathered keys with the layout as a bias (the CPU path). Here
-it runs in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET): the same program."""
+"""The paged attention kernel (model/paged_attention.py, Triton; `DreamNetwork.attention = "paged"`)
+against SDPA over gathered keys with the layout as a bias (the default). Here it runs in Triton's
+interpreter (tests/conftest.py sets TRITON_INTERPRET): the same program as on a GPU."""
 
 import pytest
 import torch
@@ -78,6 +78,6 @@ def test_the_engine_gives_the_same_answers_with_the_kernel(compact):
     try:
         states, events, _ = batched(compact, cases, join_at={2: 3}, abort_at=4)
     finally:
-        compact.network.attention = "auto"
+        compact.network.attention = "sdpa"
     for i, state in states.items():
         assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
