@@ -156,7 +156,8 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     report: dict = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                     "torch": torch.__version__, "shape": model or shape, "dtype": str(network.dtype)}
     report["floors"] = f = floors(network)
-    prompt = [100 + (i * 37) % 5000 for i in range(prompt_tokens)]
+    ordinary = [t for t in range(100, min(5100, network.config.vocab_size)) if t not in runtime.tags.structural]
+    prompt = [ordinary[(i * 37) % len(ordinary)] for i in range(prompt_tokens)]  # any vocabulary, no tags
     plan = forced_plan(spans, slots)
     pd = GenerationOptions(length_scale=1, max_new_tokens=spans * (slots + 12) + 16, top_k=50)
     runner = runtime.runner
