@@ -152,7 +152,8 @@ class ModelRunner:
         offset = 0
         for i, (seq, f) in enumerate(zip(seqs, forwards)):
             state, ps, n = seq.state, f.positions, len(f.positions)
-            region, epoch, slots, tokens, pad = state.layout.region, state.layout.epoch, seq.slot_list, state.tokens, [0] * (t_max - n)
+            region, epoch, slots, tokens = state.layout.region, state.layout.epoch, seq.slot_list, state.tokens
+            pad = [0] * (t_max - n)
             ids += [tokens[p] for p in ps]
             positions += ps
             writes += [slots[p] for p in ps]

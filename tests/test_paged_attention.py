@@ -39,7 +39,8 @@ def reference(q, keys, values, read, query, key_layout):
     group = heads // keys.shape[0]
     mask = allowed(query[0], query[1], query[2], torch.arange(read.shape[1]), key_layout[0], key_layout[1])
     k, v = (x[:, read].transpose(0, 1).repeat_interleave(group, 1) for x in (keys, values))  # [count, heads, L, d]
-    out = F.scaled_dot_product_attention(q.reshape(heads, count, width, d).transpose(0, 1), k, v, attn_mask=mask[:, None])
+    queries = q.reshape(heads, count, width, d).transpose(0, 1)
+    out = F.scaled_dot_product_attention(queries, k, v, attn_mask=mask[:, None])
     return out.transpose(1, 2).reshape(count * width, heads * d)
 
 
