@@ -21,6 +21,7 @@ from torch import nn
 
 from .config import DreamConfig
 from .layout import allowed
+from .paged_attention import available as paged_attention_available
 from .paged_attention import paged_attention
 
 
@@ -232,10 +233,10 @@ class DreamNetwork(nn.Module):
         self.model = DecoderStack(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rotary = Rotary(config.head_dim, config.rope_theta)
-        # packed forwards' attention: "sdpa" (keys gathered from the pool, the layout as a bias) or
-        # "paged" (paged_attention.py: a Triton kernel reading the pool in place; CUDA, or Triton's
-        # interpreter on the CPU). SDPA stays the default until the kernel is timed on a GPU.
-        self.attention: Literal["paged", "sdpa"] = "sdpa"
+        # packed forwards' attention: "paged" (paged_attention.py: a Triton kernel reading the pool
+        # in place; on the CPU only in Triton's interpreter), "sdpa" (keys gathered from the pool,
+        # the layout as a bias), "auto": paged on CUDA where Triton is installed, else sdpa
+        self.attention: Literal["auto", "paged", "sdpa"] = "auto"
 
     @property
     def device(self) -> torch.device:
@@ -250,7 +251,8 @@ class DreamNetwork(nn.Module):
         """One forward of many sequences' tokens (`batch`), their keys and values kept in `pool`
         (kv_pool.KVPool); the final hidden states [T, hidden] in packed order."""
         cos, sin = self.rotary(batch.positions, self.dtype)
-        if self.attention == "sdpa":  # SDPA over gathered keys, the layout as a bias
+        paged = self.attention == "paged" or self.attention == "auto" and paged_attention_available(self.device)
+        if not paged:  # SDPA over gathered keys, the layout as a bias
             group = self.config.num_attention_heads // self.config.num_key_value_heads
             query, key = batch.query_layout, batch.key_layout
             mask = allowed(query[0], query[1], query[2], torch.arange(key.shape[2], device=key.device), key[0], key[1])

@@ -1,4 +1,4 @@
-"""Attention that reads the KV pool in place (Triton; `DreamNetwork.attention = "paged"`): no
+"""Attention that reads the KV pool in place (Triton; packed forwards on CUDA use it): no
 gathered copy of each request's keys and values, and no materialized bias. The layout rule
 (layout.allowed) is evaluated per block of keys from the requests' layout metadata, with an online
 softmax (fp32) over the keys of the query's own request only: the request term of the rule is the
@@ -13,12 +13,18 @@ the same order whatever else shares the step: batching changes nothing.
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import torch
 
 from .layout import CAUSAL, PADDING
 
 BLOCK_N = 64  # keys per iteration
+
+
+def available(device: torch.device) -> bool:
+    """Whether `attention="auto"` uses the kernel on `device`: CUDA, with Triton installed."""
+    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
 @functools.cache

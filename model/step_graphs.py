@@ -101,7 +101,7 @@ def padded_forward(network: DreamNetwork, pool, buffer: torch.Tensor, shape: Gra
     key = buffer[FIELDS * rows: -shape.count].view(3, shape.count, shape.length)  # slot, region, epoch
     grid = (shape.count, shape.width)
     batch = PackedBatch(input_ids=ids, positions=positions, write_slots=write, read_slots=key[0],
-                        query_layout=buffer[rows: 5 * rows].view(4, *grid)[[0, 2, 3]], key_layout=key[1:],
+                        query_layout=torch.stack((positions, region, epoch)).view(3, *grid), key_layout=key[1:],
                         key_lengths=buffer[-shape.count:], query_index=None, packed_rows=None)
     return network.logits(network.forward_packed(batch, pool)[logit_rows])
 

@@ -136,7 +136,7 @@ def new_state(runtime, prompt_ids, options, plan=None):
 
 def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, prompt_tokens: int, spans: int,
                      slots: int, concurrency: list[int], json_path: str | None = None, profile: bool = False,
-                     cuda_graphs: bool = True, compile: bool = False, attention: str = "sdpa") -> int:
+                     cuda_graphs: bool = True, compile: bool = False, attention: str = "auto") -> int:
     import torch
 
     from plandiff.model import GenerationOptions

@@ -59,8 +59,9 @@ def add_bench(sub) -> None:
                                                           "and (CUDA) a batched denoising step's, kernel by kernel")
     e.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="run every step eagerly (by default small steps replay CUDA graphs: model/step_graphs.py)")
-    e.add_argument("--attention", choices=["paged", "sdpa"], default="sdpa",
-                   help="packed forwards' attention: SDPA over gathered keys, or the paged Triton kernel")
+    e.add_argument("--attention", choices=["auto", "paged", "sdpa"], default="auto",
+                   help="packed forwards' attention: the paged Triton kernel (auto: on CUDA) or SDPA over "
+                        "gathered keys")
     e.add_argument("--compile", action="store_true", help="compile the parts of a packed forward around "
                                                           "attention (torch.compile; CUDA)")
     t = what.add_parser("train-step", help="one training step of a checkpoint's network, eager and compiled")

@@ -1,6 +1,6 @@
-"""The paged attention kernel (model/paged_attention.py, Triton; `DreamNetwork.attention = "paged"`)
-against SDPA over gathered keys with the layout as a bias (the default). Here it runs in Triton's
-interpreter (tests/conftest.py sets TRITON_INTERPRET): the same program as on a GPU."""
+"""The paged attention kernel (model/paged_attention.py, Triton; every packed forward's attention on
+CUDA) against SDPA over gathered keys with the layout as a bias (the CPU path). Here it runs in
+Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET): the same program as on a GPU."""
 
 import pytest
 import torch
@@ -37,7 +37,8 @@ def reference(q, keys, values, read, query, key_layout):
     heads, _, d = q.shape
     count, width = query.shape[1:]
     group = heads // keys.shape[0]
-    mask = allowed(query[0], query[1], query[2], torch.arange(read.shape[1]), key_layout[0], key_layout[1])
+    mask = allowed(query[0], query[1], query[2], torch.arange(read.shape[1], device=read.device), key_layout[0],
+                   key_layout[1])
     k, v = (x[:, read].transpose(0, 1).repeat_interleave(group, 1) for x in (keys, values))  # [count, heads, L, d]
     queries = q.reshape(heads, count, width, d).transpose(0, 1)
     out = F.scaled_dot_product_attention(queries, k, v, attn_mask=mask[:, None])
@@ -79,6 +80,6 @@ def test_the_engine_gives_the_same_answers_with_the_kernel(compact):
     try:
         states, events, _ = batched(compact, cases, join_at={2: 3}, abort_at=4)
     finally:
-        compact.network.attention = "sdpa"
+        compact.network.attention = "auto"
     for i, state in states.items():
         assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
