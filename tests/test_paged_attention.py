@@ -10,6 +10,7 @@ from plandiff.model import GenerationOptions
 from plandiff.model.layout import CAUSAL, PADDING, allowed
 from plandiff.model.paged_attention import paged_attention
 
+from .conftest import DEVICE
 from .test_engine import FORCED, alone, batched
 
 
@@ -29,7 +30,8 @@ def random_step(seed, count=3, width=5, length=70, heads=8, kv_heads=2, d=16, sl
     query = torch.stack([torch.randint(0, length, (count, width), generator=g),
                          torch.randint(CAUSAL, 3, (count, width), generator=g),
                          torch.randint(0, 3, (count, width), generator=g)])
-    return q, keys, values, read, query, torch.stack([key_region, key_epoch]), lengths
+    step = q, keys, values, read, query, torch.stack([key_region, key_epoch]), lengths
+    return tuple(x.to(DEVICE) for x in step)  # PLANDIFF_TEST_DEVICE=cuda: the compiled kernel
 
 
 def reference(q, keys, values, read, query, key_layout):
@@ -58,7 +60,7 @@ def test_packed_queries_land_in_their_rows_and_padding_queries_nowhere():
     names; grid rows marked PADDING write nothing."""
     q, keys, values, read, query, key_layout, lengths = random_step(7, count=2, width=4)
     real = [3, 2]  # queries of each request; the rest of its grid row is padding
-    index = torch.zeros(2, 4, dtype=torch.long)
+    index = torch.zeros(2, 4, dtype=torch.long, device=DEVICE)
     index[0, :3], index[1, :2] = torch.tensor([4, 0, 2]), torch.tensor([1, 3])
     query[1, 0, 3] = query[1, 1, 2:] = PADDING
     packed = torch.zeros_like(q[:, :5])
