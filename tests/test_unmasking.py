@@ -126,13 +126,13 @@ def test_first_step_floor_is_from_epsilon():
 
 
 def test_commit_count_bounds():
-    times = step_ratios(timesteps(10))
-    assert commit_count(7, 9, 10, times) == 7  # last scheduled step commits everything left
-    assert commit_count(1, 0, 10, times) == 1  # at least one
-    assert commit_count(3, 0, 10, times) == 1  # int(3 × ~0.1) = 0 → 1
+    ratios = step_ratios(timesteps(10))
+    assert commit_count(7, 9, 10, ratios) == 7  # last scheduled step commits everything left
+    assert commit_count(1, 0, 10, ratios) == 1  # at least one
+    assert commit_count(3, 0, 10, ratios) == 1  # int(3 × ~0.1) = 0 → 1
     for m in range(1, 50):
         for step in range(10):
-            assert 1 <= commit_count(m, step, 10, times) <= m
+            assert 1 <= commit_count(m, step, 10, ratios) <= m
 
 
 def test_commit_count_last_step_only_when_step_is_last():
