@@ -16,19 +16,20 @@ from typing import Callable, Literal
 
 import torch
 
+from .decisions import CommitRule, Decision, decide
 from .errors import InvalidRequestError, MalformedPlanError, PromptTooLongError
 from .events import (
     DenoiseStep, Finished, PlanToken, RequestEvent, RoundJoined, RoundPlanned, RoundReplanned, SpanFilled, SpanPromised,
     SpanRetried,
 )
 from .layout import CAUSAL, Layout
-from .options import GenerationOptions, Sampling
+from .options import GenerationOptions
 from .plan_constraint import (banned_plan_tokens, bounded_number_tokens, promise_bounds, span_length, topic_bound_tokens,
                               validate_plan)
 from .plan_parser import Malformed, PlanParser, RoundEnd, PromiseClosed
 from .tags import TagVocabulary
-from .unmasking import (ThresholdSchedule, commit_count, commit_mask, diffusion_steps, filter_logits, fp32, next_token,
-                        propose, step_ratios, timesteps)
+from .unmasking import (ThresholdSchedule, commit_count, diffusion_steps, filter_logits, fp32, next_token, step_ratios,
+                        timesteps)
 
 # Called on each planning step's filtered logits [vocab] with the round's tokens so far.
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
@@ -81,56 +82,8 @@ class Forward:
     key_length: int  # attend over cache positions [0, key_length)
     logit_positions: list[int]  # positions whose logits are needed (a subset of `positions`)
     fresh_cache: bool = False  # start from an empty cache (kv_cache=False, or a resumed request)
-    segments: list[int] = field(default_factory=list)  # denoising: logit rows of each live span, in order
-
-
-# A step's decision: the planning token, or the denoising proposals and which of them commit (per row).
-Decision = int | tuple[list[int], list[int]]
-
-
-@dataclass
-class CommitRule:
-    """How a denoising step's spans commit (unmasking.commit_mask): per live span, in the order of
-    `Forward.segments`, how many of its best proposals commit (`k`), the score a proposal after
-    the best must reach (`lo`), and the score at which one commits anyway (`hi`)."""
-
-    k: list[int]
-    lo: list[float]
-    hi: list[float]
-
-
-def decide(group: tuple | None, logits: torch.Tensor, segments: list[int] | None = None,
-           rule: CommitRule | None = None, generator: torch.Generator | None = None,
-           state: RequestState | None = None) -> list:
-    """The decisions of a step for the logit rows of requests of one `decision_group`: one
-    greedy/sampled planning token per row, or, denoising, each row's proposal and whether it commits
-    (`segments` and `rule`: the spans' rows and commit rules, the requests' concatenated). Rows and
-    spans are independent, so batching them decides exactly what each request alone would; all
-    of it runs on the logits' device and only the chosen ids and flags leave it, in one transfer.
-    `group` None: one request's own (`state`)."""
-    if group is None or group[0] == "denoise":
-        if group is None:
-            banned = [state.tags.mask] if state.options.mode == "diffusion" else state._slot_banned
-            sampling, order = state.options.sampling, state.options.order
-        else:
-            (temperature, top_p, top_k), order, banned = group[1], group[2], list(group[3])
-            sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k)
-        logits = logits.clone()
-        logits[:, banned] = torch.finfo(logits.dtype).min  # a slot never commits the mask itself
-        x0, scores = propose(logits, sampling, order, generator)
-        rules = torch.tensor([segments, rule.k], dtype=torch.long).to(scores.device, non_blocking=True)
-        bounds = torch.tensor([rule.lo, rule.hi], dtype=torch.float64).to(scores.device, non_blocking=True)
-        commit = commit_mask(scores, rules[0], rules[1], bounds[0], bounds[1])
-        return torch.stack((x0, commit.to(x0.dtype))).tolist()
-    (temperature, top_p, top_k), banned = group[1], list(group[2])
-    sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k)
-    logits = filter_logits(logits, sampling)
-    if banned:
-        logits = logits.clone()
-        logits[:, banned] = torch.finfo(logits.dtype).min
-    if sampling.temperature > 0:
-        return torch.multinomial(torch.softmax(logits, dim=-1).float(), 1).squeeze(-1).tolist()
-    return torch.argmax(logits, dim=-1).tolist()
+    spans: list[int] = field(default_factory=list)  # denoising: the round's spans that still hold masks
+    segments: list[int] = field(default_factory=list)  # the logit rows of each of them, in order
 
 
 class RequestState:
@@ -223,6 +176,7 @@ class RequestState:
         assert self.phase is not Phase.DONE
         n = len(self.tokens)
         exact = self.options.kv_refresh == "exact"
+        spans: list[int] = []
         segments: list[int] = []
         if self.phase is Phase.PLAN:
             # With exact refresh, the spans of the round just joined are recomputed with their final
@@ -230,7 +184,8 @@ class RequestState:
             positions = (self._stale_positions() if exact else []) + list(range(self._computed, n))
             logit_positions = [n - 1]
         else:
-            live = [s for s in self._spans if self._masked(s)]
+            spans = [b for b, span in enumerate(self._spans) if self._masked(span)]
+            live = [self._spans[b] for b in spans]
             if exact:  # every live span is stale: it is new or committed tokens last step
                 positions = self._stale_positions()
             else:  # the official cached code recomputes only spans that still hold masks
@@ -242,13 +197,14 @@ class RequestState:
             logit_positions = [p for span in slots for p in span]
             segments = [len(span) for span in slots]
         if not self.options.kv_cache:
-            return Forward(list(range(n)), n, logit_positions, fresh_cache=True, segments=segments)
-        return Forward(sorted(set(positions)), n, logit_positions, fresh_cache=self._fresh_cache, segments=segments)
+            return Forward(list(range(n)), n, logit_positions, fresh_cache=True, spans=spans, segments=segments)
+        return Forward(sorted(set(positions)), n, logit_positions, fresh_cache=self._fresh_cache, spans=spans,
+                       segments=segments)
 
     def advance(self, forward: Forward, logits: torch.Tensor | None, decision: Decision | None = None) -> None:
         """Consume the logits of `forward.logit_positions` (rows in that order) and move on; or,
         when an engine made the step's decision for many requests at once (`decision_group`,
-        `decide`), that decision (`logits` is then unused)."""
+        decisions.decide), that decision (`logits` is then unused)."""
         self.forwards += 1
         self._fresh_cache = False
         computed = set(forward.positions)
@@ -265,16 +221,16 @@ class RequestState:
             self._computed = max(self._computed, self._spans[0].start)
             self.round.denoise_steps += 1
             if decision is None:
-                decision = decide(None, logits, forward.segments, self.commit_rule(forward), self.generator, self)
+                decision = decide(self._denoise_group(), logits, forward.segments, self.commit_rule(forward),
+                                  self.generator)
             x0, commit = decision
-            live = [b for b, span in enumerate(self._spans) if self._masked(span)]  # before this step's commits
             for p, token, chosen in zip(forward.logit_positions, x0, commit):
                 if chosen:
                     self.tokens[p + 1] = token
             if self.options.mode == "diffusion":
                 self._diffusion_only_step()
             else:
-                self._denoise_step(forward, live, commit)
+                self._denoise_step(forward, commit)
 
     def decision_group(self, forward: Forward) -> tuple | None:
         """What the next step's decision depends on besides the logits, for `decide` to take it for
@@ -289,8 +245,12 @@ class RequestState:
             if self.forced is not None or self.logits_processor is not None or (self._bounds and not self._text_only()):
                 return None
             return ("plan", key, tuple(self._plan_banned()))
+        return self._denoise_group()
+
+    def _denoise_group(self) -> tuple:
+        sampling = self.options.sampling
         banned = (self.tags.mask,) if self.options.mode == "diffusion" else tuple(self._slot_banned)
-        return ("denoise", key, self.options.order, banned)
+        return ("denoise", (sampling.temperature, sampling.top_p, sampling.top_k), self.options.order, banned)
 
     def commit_rule(self, forward: Forward) -> CommitRule:
         """How each live span of this denoising step commits (the reference's rules, §3.5): the
@@ -302,8 +262,8 @@ class RequestState:
             k = [int(fp32(m * self._ratios[step])) if step < steps - 1 else m for m in masked]
             return CommitRule(k, [-inf] * len(k), [inf] * len(k))
         if self._threshold is not None:
-            live = [b for b, span in enumerate(self._spans) if self._masked(span)]
-            k = [self._threshold.candidates(b, m, step, self._spans[b].length + 2) for b, m in zip(live, masked)]
+            spans = zip(forward.spans, masked)
+            k = [self._threshold.candidates(b, m, step, self._spans[b].length + 2) for b, m in spans]
             return CommitRule(k, [tau] * len(k), [inf] * len(k))
         k = [commit_count(m, step, steps, self._ratios) for m in masked]
         return CommitRule(k, [-inf] * len(k), [tau if self.options.order == "adaptive" else inf] * len(k))
@@ -439,11 +399,11 @@ class RequestState:
         )
         self.phase = Phase.DENOISE
 
-    def _denoise_step(self, forward: Forward, live: list[int], commit: list[int]) -> None:
-        """After the step's commits were placed (advance): the `live` spans' bookkeeping and events."""
+    def _denoise_step(self, forward: Forward, commit: list[int]) -> None:
+        """After the step's commits were placed (advance): its live spans' bookkeeping and events."""
         step, threshold = self._step, self._threshold
         row = 0
-        for b, rows in zip(live, forward.segments):
+        for b, rows in zip(forward.spans, forward.segments):
             span = self._spans[b]
             if threshold is not None:  # candidates past the committed ones were rejected
                 k = threshold.candidates(b, rows, step, span.length + 2)

@@ -15,7 +15,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from .errors import PromptTooLongError
-from .generation import CommitRule, Forward, RequestState, decide
+from .decisions import CommitRule, decide
+from .generation import Forward, RequestState
 from .kv_pool import BLOCK, KVPool, blocks_for, slot_map
 from .layout import PADDING
 from .network import DreamNetwork, PackedBatch
@@ -95,7 +96,7 @@ class ModelRunner:
 
     @staticmethod
     def _decide(seqs: list[Sequence], forwards: list[Forward], logits: list[torch.Tensor]) -> list:
-        """The step's decisions, one batch per decision group (generation.decide), so the device
+        """The step's decisions, one batch per decision group (decisions.decide), so the device
         does each group's filtering, scoring, ranking and commits at once and one transfer brings
         back ids and flags; requests of no group (None) decide alone in `advance`."""
         groups: dict[tuple, list[int]] = {}

@@ -24,7 +24,12 @@ BLOCK_N = 64  # keys per iteration
 
 def available(device: torch.device) -> bool:
     """Whether `attention="auto"` uses the kernel on `device`: CUDA, with Triton installed."""
-    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
+    return device.type == "cuda" and _triton_installed()
+
+
+@functools.cache
+def _triton_installed() -> bool:  # asked every forward: looked up once
+    return importlib.util.find_spec("triton") is not None
 
 
 @functools.cache

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plandiff.model import GenerationOptions
 from plandiff.model.layout import CAUSAL, PADDING, allowed
 from plandiff.model.paged_attention import paged_attention
 
