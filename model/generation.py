@@ -222,7 +222,7 @@ class RequestState:
             self.round.denoise_steps += 1
             if decision is None:
                 decision = decide(self._denoise_group(), logits, forward.segments, self.commit_rule(forward),
-                                  self.generator)
+                                  self.generator).tolist()
             x0, commit = decision
             for p, token, chosen in zip(forward.logit_positions, x0, commit):
                 if chosen:

@@ -36,6 +36,17 @@ class Sequence:
         self.slot_list = self.slots.tolist()
 
 
+@dataclass
+class Launched:
+    """A step queued on the device (ModelRunner.launch), until `finish` waits for it."""
+
+    seqs: list[Sequence]
+    forwards: list[Forward]
+    logits: list[torch.Tensor]  # each forward's logit rows (device)
+    groups: list[tuple[list[int], torch.Tensor]]  # each decision group's members and decisions (device)
+    lap: _Laps
+
+
 class ModelRunner:
     def __init__(self, network: DreamNetwork, pool: KVPool | None = None, cuda_graphs: bool = True):
         """`cuda_graphs`: on CUDA, replay captured graphs for small steps (step_graphs.py); a capture
@@ -74,6 +85,13 @@ class ModelRunner:
     def step(self, seqs: list[Sequence], forwards: list[Forward] | None = None) -> list[Exception | None]:
         """One forward for all `seqs` (their `schedule()` unless given), then advance each; what
         each advance raised (a malformed plan with on_malformed_plan="raise", …), or None."""
+        return self.finish(self.launch(seqs, forwards))
+
+    def launch(self, seqs: list[Sequence], forwards: list[Forward] | None = None) -> Launched:
+        """Queue the step's forward and its batched decisions on the device, without waiting for
+        them: the host is free until `finish` (a worker hands the previous step's events over
+        meanwhile). Nothing here waits for this step's work (host-to-device copies of its inputs
+        wait only for earlier steps), but benchmark laps do."""
         lap = _Laps(self.timings, self.network.device)
         forwards = forwards or [s.state.schedule() for s in seqs]
         for seq, forward in zip(seqs, forwards):
@@ -82,45 +100,60 @@ class ModelRunner:
         logits = self.forward(seqs, forwards, lap)
         self.forwards += 1
         lap("device", sync=True)
-        decisions = self._decide(seqs, forwards, logits)
-        lap("decide")
+        return Launched(seqs, forwards, logits, self._decide(seqs, forwards, logits), lap)
+
+    def finish(self, step: Launched) -> list[Exception | None]:
+        """Wait for a launched step's decisions (one transfer) and advance each request with them."""
+        decisions: list = [None] * len(step.seqs)
+        if step.groups:
+            values = torch.cat([d.flatten() for _, d in step.groups]).tolist()
+            start = 0
+            for members, d in step.groups:
+                if d.dim() == 1:  # planning tokens, one per member
+                    for i, token in zip(members, values[start: start + len(members)]):
+                        decisions[i] = token
+                    start += len(members)
+                    continue
+                rows = d.shape[1]
+                x0, commit = values[start: start + rows], values[start + rows: start + 2 * rows]
+                start += 2 * rows
+                first = 0
+                for i in members:
+                    end = first + len(step.forwards[i].logit_positions)
+                    decisions[i] = (x0[first:end], commit[first:end])
+                    first = end
+        step.lap("decide")
         errors: list[Exception | None] = []
-        for seq, forward, rows, decision in zip(seqs, forwards, logits, decisions):
+        for seq, forward, rows, decision in zip(step.seqs, step.forwards, step.logits, decisions):
             try:
                 seq.state.advance(forward, rows, decision)
                 errors.append(None)
             except Exception as err:  # one request's failure must not stop the others
                 errors.append(err)
-        lap("advance")
+        step.lap("advance")
         return errors
 
     @staticmethod
     def _decide(seqs: list[Sequence], forwards: list[Forward], logits: list[torch.Tensor]) -> list:
         """The step's decisions, one batch per decision group (decisions.decide), so the device
-        does each group's filtering, scoring, ranking and commits at once and one transfer brings
-        back ids and flags; requests of no group (None) decide alone in `advance`."""
+        does each group's filtering, scoring, ranking and commits at once; requests of no group
+        (None) decide alone in `advance`. Each group's members and its decisions, on the device."""
         groups: dict[tuple, list[int]] = {}
         for i, (seq, forward) in enumerate(zip(seqs, forwards)):
             group = seq.state.decision_group(forward) if len(forward.logit_positions) else None
             if group is not None:
                 groups.setdefault(group, []).append(i)
-        decisions: list = [None] * len(seqs)
+        decided = []
         for group, members in groups.items():
             rows = logits[members[0]] if len(members) == 1 else torch.cat([logits[i] for i in members])
             if group[0] == "plan":
-                for i, token in zip(members, decide(group, rows)):
-                    decisions[i] = token
+                decided.append((members, decide(group, rows)))
                 continue
             rules = [seqs[i].state.commit_rule(forwards[i]) for i in members]
-            x0, commit = decide(group, rows, [n for i in members for n in forwards[i].segments],
-                                CommitRule(*([v for rule in rules for v in getattr(rule, name)]
-                                             for name in ("k", "lo", "hi"))))
-            start = 0
-            for i in members:
-                end = start + len(forwards[i].logit_positions)
-                decisions[i] = (x0[start:end], commit[start:end])
-                start = end
-        return decisions
+            decided.append((members, decide(group, rows, [n for i in members for n in forwards[i].segments],
+                                            CommitRule(*([v for rule in rules for v in getattr(rule, name)]
+                                                         for name in ("k", "lo", "hi"))))))
+        return decided
 
     def forward(self, seqs: list[Sequence], forwards: list[Forward], lap: _Laps | None = None) -> list[torch.Tensor]:
         """The logits of each forward's logit positions (rows in that order), left on the device."""

@@ -12,6 +12,7 @@ slot that no real query may see, and see nothing but it themselves.
 
 from __future__ import annotations
 
+import time
 from array import array
 from dataclasses import dataclass
 
@@ -114,12 +115,15 @@ class StepGraphs:
         self.network, self.pool = network, pool
         self.memory = torch.cuda.graph_pool_handle()
         self.graphs: dict[GraphShape, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.capture_seconds = 0.0  # spent capturing (warm-up forwards included)
 
     def run(self, shape: GraphShape, buffer: torch.Tensor) -> torch.Tensor:
         """The logits of the step whose host `buffer` is given (copied out of the graph's output).
         Raises RuntimeError when this torch build refuses the capture."""
         if shape not in self.graphs:
+            started = time.perf_counter()
             self.graphs[shape] = self._capture(shape, buffer)
+            self.capture_seconds += time.perf_counter() - started
         graph, device_buffer, logits = self.graphs[shape]
         device_buffer.copy_(buffer.pin_memory(), non_blocking=True)
         graph.replay()

@@ -230,6 +230,20 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
         if dev.type == "cuda":
             print(averages.table(sort_by="self_cuda_time_total", row_limit=10))
     runner.release(seq)
+    if profile and dev.type == "cuda":  # a batch-1 denoising step as it runs (graphs as configured)
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        engine.add("profiled", state := new_state(runtime, prompt, pd, plan))
+        while state.phase is not Phase.DENOISE or state.round.denoise_steps < 2:
+            engine.step()
+        sync(dev)
+        with profiler(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            engine.step()
+            sync(dev)
+        print("one batch-1 denoising step:")
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25))
+        step_log(engine, dev)
     report["batch1_steps"] = {**forward_only, "prefill": summary(log[:1]), "plan": summary(plan_steps),
                               "denoise": summary(denoise_steps), "denoise_wide": summary(wide_steps)}
 
@@ -328,7 +342,8 @@ async def sweep(runtime, prompt, plan, pd, ar, levels):
                 done = await orchestrator.complete(GenerateRequest(prompt_ids=prompt, plan=forced, options=options))
                 return time.perf_counter() - start, done.usage.generated_tokens
 
-            forwards = worker.forwards
+            forwards, busy, graphs = worker.forwards, worker.busy_seconds, runtime.runner._graphs
+            captures = (len(graphs.graphs), graphs.capture_seconds) if graphs is not None else (0, 0.0)
             start = time.perf_counter()
             results = await asyncio.gather(*(one() for _ in range(level)))
             wall = time.perf_counter() - start
@@ -339,7 +354,13 @@ async def sweep(runtime, prompt, plan, pd, ar, levels):
                 "p50_s": latencies[len(latencies) // 2], "p99_s": latencies[min(len(latencies) - 1,
                                                                               int(0.99 * len(latencies)))],
                 "forwards": worker.forwards - forwards,
+                # the worker's time in engine calls (device waits included); the rest is the
+                # orchestrator and streams outside the device's time, and waiting
+                "engine_s": worker.busy_seconds - busy,
             }
+            if graphs is not None:  # CUDA graphs first captured during this run (counted in its wall time)
+                rows[f"{mode}_{level}"].update(graphs_captured=len(graphs.graphs) - captures[0],
+                                               capture_s=graphs.capture_seconds - captures[1])
     for mode in ("ar", "pd"):
         base = rows[f"{mode}_{min(levels)}"]["tokens_per_s"]
         for level in levels:
@@ -372,11 +393,13 @@ def print_table(r: dict) -> None:
     print(f"{'step phases (median ms)':24s} {'steps':>5s} " + " ".join(f"{p:>8s}" for p in phases))
     for name, s in r["step_phases"].items():
         print(f"{name:24s} {s['steps']:5d} " + " ".join(f"{s[p + '_ms']:8.2f}" for p in phases))
-    print(f"{'orchestrator':14s} {'conc.':>5s} {'tok/s':>8s} {'× c=1':>6s} {'p50 s':>7s} {'p99 s':>7s} {'forwards':>8s}")
+    print(f"{'orchestrator':14s} {'conc.':>5s} {'tok/s':>8s} {'× c=1':>6s} {'p50 s':>7s} {'p99 s':>7s} {'forwards':>8s} "
+          f"{'wall s':>7s} {'engine s':>8s} {'captures':>8s}")
     for key, s in r["concurrency"].items():
         if isinstance(s, dict):
             print(f"{s['mode']:14s} {s['concurrency']:5d} {s['tokens_per_s']:8.1f} {s['x_batch1']:6.2f} "
-                  f"{s['p50_s']:7.3f} {s['p99_s']:7.3f} {s['forwards']:8d}")
+                  f"{s['p50_s']:7.3f} {s['p99_s']:7.3f} {s['forwards']:8d} {s['wall_s']:7.3f} {s['engine_s']:8.3f} "
+                  f"{s.get('graphs_captured', 0):3d} {s.get('capture_s', 0.0):4.2f}")
     print(f"AR's aggregate throughput overtakes PD's at concurrency {r['concurrency']['ar_overtakes_pd_at']}")
     print(f"CUDA graphs (small steps): used {r['cuda_graphs']['used']}, error {r['cuda_graphs']['error']}")
     print(f"KV pool: {r['kv_pool']['positions']} positions = {r['kv_pool']['requests_of_2048_tokens']} requests "

@@ -45,7 +45,8 @@ def alone(runtime, prompt, plan, options):
 
 def batched(runtime, cases, join_at, abort_at):
     """All cases through one engine: those in `join_at` added at that step, the extra request
-    `abort_at` names aborted at that step; each request's events, drained step by step."""
+    `abort_at` names aborted at that step, both while the step is in flight (between the engine's
+    launch and finish, as a worker does); each request's events, drained step by step."""
     engine = Engine(runtime.runner, max_tokens_per_step=64, max_requests=6, max_logit_rows_per_step=40)
     states, events = {}, {}
     pending = []
@@ -57,12 +58,13 @@ def batched(runtime, cases, join_at, abort_at):
     engine.add("victim", victim)
     step = 0
     while pending or engine.has_work():
+        launched = engine.launch()
         for when, i in [p for p in pending if p[0] <= step]:
             engine.add(str(i), states[i])
             pending.remove((when, i))
         if step == abort_at:
             assert engine.abort("victim") and not engine.abort("victim")
-        for output in engine.step():
+        for output in engine.finish() if launched else []:
             assert output.error is None
             if output.request_id != "victim":
                 events[int(output.request_id)] += output.events
@@ -106,6 +108,30 @@ def test_batching_changes_nothing_chosen_plans(demo):
     for i, state in states.items():
         assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
     assert solo[1].replans > 0 and solo[2].retries > 0  # overflow handling was exercised
+
+
+def test_a_request_aborted_in_flight_leaves_at_once(compact):
+    """Aborted between launch and finish: its memory is free at once, its results are dropped,
+    and the request it shared the step with goes on as if alone."""
+    engine = Engine(compact.runner)
+    prompt = compact.encode_prompt("x")
+    states = {rid: compact.new_state(prompt, GenerationOptions(), compact.encode_plan(PLAN)) for rid in ("gone", "kept")}
+    for rid, state in states.items():
+        engine.add(rid, state)
+    engine.step()
+    held = engine.stats()["kv_cache_bytes"]
+    assert engine.launch() and {rid for rid, _, _ in engine.last_step} == {"gone", "kept"}
+    assert engine.abort("gone") and engine.stats()["kv_cache_bytes"] == held // 2
+    assert [o.request_id for o in engine.finish()] == ["kept"]
+    engine.run({})  # the rest of "kept"
+    assert states["kept"].tokens == alone(compact, "x", PLAN, GenerationOptions()).tokens
+    assert engine.stats()["kv_cache_bytes"] == 0
+    engine.add("again", compact.new_state(prompt, GenerationOptions(), compact.encode_plan(PLAN)))
+    assert engine.launch()
+    with pytest.raises(RuntimeError, match="in flight"):
+        engine.launch()
+    engine.finish()
+    assert engine.abort("again") and engine.stats()["kv_cache_bytes"] == 0  # the runtime's pool is shared
 
 
 def test_a_full_pool_makes_requests_wait(compact):

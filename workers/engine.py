@@ -3,6 +3,10 @@
     add(request_id, state) · abort(request_id) · step() = schedule → one packed forward
     (model_runner.ModelRunner.step) → every picked request's state machine advanced → its events
 
+`step()` is `launch()` (schedule, queue the forward and decisions on the device) then `finish()`
+(wait, advance, events); a caller with other host work does it between the two, while the
+device computes.
+
 Continuous batching: a request joins at any step (once admitted, scheduler.py) and leaves the
 moment it finishes, fails or is aborted, freeing its KV memory for the next waiting request.
 """
@@ -15,7 +19,7 @@ from dataclasses import dataclass, field
 from plandiff.model.events import RequestEvent
 from plandiff.model.generation import Phase, RequestState
 from plandiff.model.kv_pool import BLOCK, bytes_per_position
-from plandiff.model.model_runner import ModelRunner
+from plandiff.model.model_runner import Launched, ModelRunner
 
 from .scheduler import Entry, Scheduler
 
@@ -38,6 +42,7 @@ class Engine:
         self.runner = runner
         self.scheduler = Scheduler(runner, max_tokens_per_step, max_requests, max_logit_rows_per_step)
         self.last_step: list[tuple] = []
+        self._in_flight: tuple[list[Entry], Launched] | None = None
 
     def add(self, request_id: str, state: RequestState, paused: bool = False) -> None:
         if request_id in self.scheduler.running or any(e.request_id == request_id for e in self.scheduler.waiting):
@@ -68,17 +73,34 @@ class Engine:
 
     def step(self) -> list[StepOutput]:
         """One forward for the requests the scheduler picks; their events (none picked: [])."""
+        return self.finish() if self.launch() else []
+
+    def launch(self) -> bool:
+        """Schedule the next step and queue its forward on the device (ModelRunner.launch); False
+        when no request is ready. Until `finish`, the host may do other work (a worker hands the
+        previous step's events to their streams) and requests may join, pause or leave."""
+        if self._in_flight is not None:
+            raise RuntimeError("a step is already in flight: finish it first")
         started = time.perf_counter()
         entries, forwards = self.scheduler.schedule()
         self.last_step = [(e.request_id, e.state.phase, f) for e, f in zip(entries, forwards)]  # for benchmarks
         if not entries:
-            return []
+            return False
         scheduling = time.perf_counter() - started
-        errors = self.runner.step([e.seq for e in entries], forwards)
+        self._in_flight = entries, self.runner.launch([e.seq for e in entries], forwards)
         if self.runner.timings:  # the runner timed its phases of this step
             self.runner.timings[-1]["schedule"] = scheduling
+        return True
+
+    def finish(self) -> list[StepOutput]:
+        """Wait for the launched step and advance its requests; the events of those still in the
+        engine (one aborted meanwhile has left: its memory was freed, its results are dropped)."""
+        (entries, launched), self._in_flight = self._in_flight, None
+        errors = self.runner.finish(launched)
         outputs = []
         for entry, error in zip(entries, errors):
+            if self.scheduler.running.get(entry.request_id) is not entry:
+                continue
             output = StepOutput(entry.request_id, entry.state, entry.state.drain(), error)
             if output.finished:
                 self.scheduler.remove(entry.request_id)

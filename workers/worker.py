@@ -8,8 +8,8 @@ holds it; between its phases a request is paused in the engine. `generate` runs 
 phases in one streaming call, for callers with nothing to decide between phases.
 
 One drive task per event loop steps the engine while any phase runs and hands each request's events
-to its stream; it gives the loop a turn after every step, so requests join, cancel and read their
-events between forwards.
+to its stream; it gives the loop a turn while each step computes on the device, so requests join,
+cancel and read the previous step's events between forwards at no cost to the device.
 """
 
 from __future__ import annotations
@@ -140,7 +140,9 @@ class Worker:
         self.engine.pause(request_id, True)
 
     async def _drive(self) -> None:
-        """Step the engine while any phase runs; route each request's events to its stream."""
+        """Step the engine while any phase runs; route each request's events to its stream. The
+        loop's turn comes while the device computes: each step is launched, then the streams
+        take the previous step's events, then the step is finished."""
         while True:
             for request_id, slot in list(self.slots.items()):
                 if slot.phases and slot.cancelled:
@@ -151,7 +153,11 @@ class Worker:
                 return
             started = time.perf_counter()
             try:
-                outputs = self.engine.step()
+                launched = self.engine.launch()
+                self.busy_seconds += time.perf_counter() - started
+                await asyncio.sleep(0 if launched else IDLE_WAIT)
+                started = time.perf_counter()
+                outputs = self.engine.finish() if launched else []
             except Exception as err:  # the forward itself failed (out of device memory, …): every running
                 # phase ends with the error rather than wait for a step that will not come
                 self.log.error("step_failed", error=f"{type(err).__name__}: {err}"[:500])
@@ -164,7 +170,6 @@ class Worker:
                 self.busy_seconds += time.perf_counter() - started
             for output in outputs:
                 self._deliver(output)
-            await asyncio.sleep(0 if outputs else IDLE_WAIT)
 
     def _deliver(self, output) -> None:
         slot = self.slots.get(output.request_id)
