@@ -39,27 +39,36 @@ def decide(group: tuple, logits: torch.Tensor, segments: list[int] | None = None
     and commit rules, the requests' concatenated). Rows and spans are independent, so batching
     them decides exactly what each request alone would; only the chosen ids and flags leave the
     device. `generator`: a request deciding alone with its own seeded sampler."""
-    (temperature, top_p, top_k), banned = group[1], tuple(group[-1])
+    banned = banned_mask(tuple(group[-1]), logits.shape[-1], logits.device)
+    if group[0] == "plan":
+        return decide_on_device(group, logits, banned, generator=generator)
+    rules = torch.tensor([segments, rule.k], dtype=torch.long).to(logits.device, non_blocking=True)
+    bounds = torch.tensor([rule.lo, rule.hi], dtype=torch.float64).to(logits.device, non_blocking=True)
+    return decide_on_device(group, logits, banned, rules, bounds, generator)
+
+
+def decide_on_device(group: tuple, logits: torch.Tensor, banned: torch.Tensor, rules: torch.Tensor | None = None,
+                     bounds: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`decide` from device tensors alone (what a CUDA graph of a step captures, step_graphs.py):
+    `banned` [vocab] True where a token may not be chosen; denoising, `rules` [2, spans] each span's
+    rows and commit count, `bounds` [2, spans] float64 its lo and hi scores."""
+    (temperature, top_p, top_k) = group[1]
     sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k)
+    low = torch.finfo(logits.dtype).min
     if group[0] == "denoise":
-        logits = logits.clone()
-        logits[:, banned_ids(banned, logits.device)] = torch.finfo(logits.dtype).min  # never the mask itself
-        x0, scores = propose(logits, sampling, group[2], generator)
-        rules = torch.tensor([segments, rule.k], dtype=torch.long).to(scores.device, non_blocking=True)
-        bounds = torch.tensor([rule.lo, rule.hi], dtype=torch.float64).to(scores.device, non_blocking=True)
+        x0, scores = propose(logits.masked_fill(banned, low), sampling, group[2], generator)  # never the mask
         commit = commit_mask(scores, rules[0], rules[1], bounds[0], bounds[1])
         return torch.stack((x0, commit.to(x0.dtype)))
-    logits = filter_logits(logits, sampling)
-    if banned:
-        logits = logits.clone()
-        logits[:, banned_ids(banned, logits.device)] = torch.finfo(logits.dtype).min
+    logits = filter_logits(logits, sampling).masked_fill(banned, low)
     if sampling.temperature > 0:
         return torch.multinomial(torch.softmax(logits, dim=-1).float(), 1).squeeze(-1)
     return torch.argmax(logits, dim=-1)
 
 
 @functools.lru_cache(maxsize=256)
-def banned_ids(banned: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """The banned token ids as an index on the logits' device, made once: indexing with a list
-    would copy a new index to the device, and wait for it, every step."""
-    return torch.tensor(banned, dtype=torch.long, device=device)
+def banned_mask(banned: tuple[int, ...], vocab: int, device: torch.device) -> torch.Tensor:
+    """[vocab] bool on the logits' device, True at the banned ids; made once per set (a list index
+    would be copied to the device, and waited for, every step)."""
+    mask = torch.zeros(vocab, dtype=torch.bool)
+    mask[list(banned)] = True
+    return mask.to(device)

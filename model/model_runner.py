@@ -15,7 +15,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from .errors import PromptTooLongError
-from .decisions import CommitRule, decide
+from .decisions import CommitRule, banned_mask, decide
 from .generation import Forward, RequestState
 from .kv_pool import BLOCK, KVPool, blocks_for, slot_map
 from .layout import PADDING
@@ -97,10 +97,13 @@ class ModelRunner:
         for seq, forward in zip(seqs, forwards):
             if forward.fresh_cache:
                 self.pool.zero(seq.blocks)
-        logits = self.forward(seqs, forwards, lap)
+        groups = self._groups(seqs, forwards)
+        logits, decided = self._forward(seqs, forwards, lap, groups)
         self.forwards += 1
         lap("device", sync=True)
-        return Launched(seqs, forwards, logits, self._decide(seqs, forwards, logits), lap)
+        if decided is None:
+            decided = self._decide(seqs, forwards, logits, groups)
+        return Launched(seqs, forwards, logits, decided, lap)
 
     def finish(self, step: Launched) -> list[Exception | None]:
         """Wait for a launched step's decisions (one transfer) and advance each request with them."""
@@ -134,45 +137,76 @@ class ModelRunner:
         return errors
 
     @staticmethod
-    def _decide(seqs: list[Sequence], forwards: list[Forward], logits: list[torch.Tensor]) -> list:
-        """The step's decisions, one batch per decision group (decisions.decide), so the device
-        does each group's filtering, scoring, ranking and commits at once; requests of no group
-        (None) decide alone in `advance`. Each group's members and its decisions, on the device."""
+    def _groups(seqs: list[Sequence], forwards: list[Forward]) -> dict[tuple, list[int]]:
+        """The step's requests by decision group (RequestState.decision_group); requests of no
+        group (None) decide alone in `advance`."""
         groups: dict[tuple, list[int]] = {}
         for i, (seq, forward) in enumerate(zip(seqs, forwards)):
             group = seq.state.decision_group(forward) if len(forward.logit_positions) else None
             if group is not None:
                 groups.setdefault(group, []).append(i)
+        return groups
+
+    @staticmethod
+    def _rule(seqs: list[Sequence], forwards: list[Forward], members: list[int]) -> tuple[list[int], CommitRule]:
+        """The live spans' rows and commit rules of a denoising group's members, concatenated."""
+        rules = [seqs[i].state.commit_rule(forwards[i]) for i in members]
+        return ([n for i in members for n in forwards[i].segments],
+                CommitRule(*([v for rule in rules for v in getattr(rule, name)] for name in ("k", "lo", "hi"))))
+
+    def _decide(self, seqs: list[Sequence], forwards: list[Forward], logits: list[torch.Tensor],
+                groups: dict[tuple, list[int]]) -> list:
+        """The step's decisions, one batch per decision group (decisions.decide), so the device
+        does each group's filtering, scoring, ranking and commits at once. Each group's members
+        and its decisions, on the device."""
         decided = []
         for group, members in groups.items():
             rows = logits[members[0]] if len(members) == 1 else torch.cat([logits[i] for i in members])
             if group[0] == "plan":
                 decided.append((members, decide(group, rows)))
-                continue
-            rules = [seqs[i].state.commit_rule(forwards[i]) for i in members]
-            decided.append((members, decide(group, rows, [n for i in members for n in forwards[i].segments],
-                                            CommitRule(*([v for rule in rules for v in getattr(rule, name)]
-                                                         for name in ("k", "lo", "hi"))))))
+            else:
+                decided.append((members, decide(group, rows, *self._rule(seqs, forwards, members))))
         return decided
 
     def forward(self, seqs: list[Sequence], forwards: list[Forward], lap: _Laps | None = None) -> list[torch.Tensor]:
         """The logits of each forward's logit positions (rows in that order), left on the device."""
-        lap = lap or _Laps(None, self.network.device)
-        shape = GraphShape.of(forwards) if self.cuda_graphs else None
+        return self._forward(seqs, forwards, lap or _Laps(None, self.network.device))[0]
+
+    def _forward(self, seqs: list[Sequence], forwards: list[Forward], lap: _Laps,
+                 groups: dict[tuple, list[int]] | None = None) -> tuple[list[torch.Tensor], list | None]:
+        """The logits (`forward`), and the decisions (as `_decide` gives them) when a CUDA graph made
+        them: a small step whose logit rows all belong to one greedy decision group."""
+        shape = GraphShape.of(forwards, self._graph_decision(forwards, groups)) if self.cuda_graphs else None
         if shape is not None:
-            buffer, counts = pack_padded(seqs, forwards, shape, self._scratch)
+            members = groups[next(iter(groups))] if shape.decision is not None else []
+            segments, rule = self._rule(seqs, forwards, members) if shape.rules else (None, None)
+            buffer, counts = pack_padded(seqs, forwards, shape, self._scratch, segments, rule)
             lap("pack")
+            banned = None if shape.decision is None else banned_mask(
+                next(iter(groups))[-1], self.network.config.vocab_size, self.network.device)
             try:
-                logits = self._graphs.run(shape, buffer)
+                logits, decided = self._graphs.run(shape, buffer, banned)
             except RuntimeError as err:  # a capture this torch build refuses: stay eager, and say why
                 self.cuda_graphs, self.graph_error = False, f"{type(err).__name__}: {err}"[:500]
-                return self.forward(seqs, forwards)
-            return list(torch.split(logits[: sum(counts)], counts))
+                return self._forward(seqs, forwards, lap, groups)
+            rows = sum(counts)
+            return list(torch.split(logits[:rows], counts)), None if decided is None else [(members, decided[..., :rows])]
         batch, logit_rows, counts = self._pack(seqs, forwards)
         lap("pack")
         hidden = self.network.forward_packed(batch, self.pool)
         logits = self.network.logits(hidden[logit_rows])
-        return list(torch.split(logits, counts))
+        return list(torch.split(logits, counts)), None
+
+    @staticmethod
+    def _graph_decision(forwards: list[Forward], groups: dict[tuple, list[int]] | None) -> tuple | None:
+        """The decision a graph can make for this step: one greedy group holding every request
+        with logit rows (its key without the banned ids, which the graph takes as a mask)."""
+        if not groups or len(groups) > 1:
+            return None
+        group, members = next(iter(groups.items()))
+        if group[1][0] > 0 or len(members) != sum(1 for f in forwards if f.logit_positions):
+            return None
+        return group[:-1]
 
     def _pack(self, seqs: list[Sequence], forwards: list[Forward]):
         """The packed batch, built on the host from Python lists in one conversion (plus one padded

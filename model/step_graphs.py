@@ -7,7 +7,10 @@ A graph needs static shapes, so a step is padded to a `GraphShape`: `count` requ
 each given `width` query rows (a bucket) over `length` keys (a multiple of `GRAPH_LENGTH`).
 Everything a step varies is in one integer buffer, copied to the device once per step; the
 attention bias is computed from it inside the graph. Padding rows write their keys to a scratch
-slot that no real query may see, and see nothing but it themselves.
+slot that no real query may see, and see nothing but it themselves. When one greedy decision group
+decides every logit row of the step (the usual case: one request, or many with the same settings),
+the graph makes the decisions too (decisions.decide_on_device: a few dozen small kernels that,
+launched one by one, cost a batch-1 step about a millisecond of host time).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .layout import PADDING
+from .decisions import decide_on_device
 from .network import DreamNetwork, PackedBatch
 
 GRAPH_COUNTS = (1, 2, 4, 8, 16, 32, 64)
@@ -34,9 +38,12 @@ class GraphShape:
     count: int
     width: int
     length: int
+    # the step's decision group (decisions.decide) without its banned ids, when one greedy group
+    # decides every logit row: the graph then decides too (None: it ends at the logits)
+    decision: tuple | None = None
 
     @classmethod
-    def of(cls, forwards) -> GraphShape | None:
+    def of(cls, forwards, decision: tuple | None = None) -> GraphShape | None:
         """The smallest shape holding these forwards, or None when they are too large for one."""
         if len(forwards) > GRAPH_COUNTS[-1]:
             return None
@@ -48,15 +55,21 @@ class GraphShape:
         if count * width > GRAPH_TOKENS:
             return None
         length = -(-max(f.key_length for f in forwards) // GRAPH_LENGTH) * GRAPH_LENGTH
-        return cls(count, width, length)
+        return cls(count, width, length, decision)
 
     @property
     def rows(self) -> int:
         return self.count * self.width
 
     @property
+    def rules(self) -> int:
+        """Longs of a denoising decision's span rules: rows, count, lo and hi (float64 bits) of
+        up to `rows` spans and the padding rows' span."""
+        return 4 * (self.rows + 1) if self.decision is not None and self.decision[0] == "denoise" else 0
+
+    @property
     def size(self) -> int:
-        return FIELDS * self.rows + 3 * self.count * self.length + self.count
+        return FIELDS * self.rows + 3 * self.count * self.length + self.count + self.rules
 
 
 def host_longs(values: list[int]) -> torch.Tensor:
@@ -65,13 +78,17 @@ def host_longs(values: list[int]) -> torch.Tensor:
     return torch.frombuffer(array("q", values), dtype=torch.long)
 
 
-def pack_padded(seqs, forwards, shape: GraphShape, scratch: int) -> tuple[torch.Tensor, list[int]]:
+def pack_padded(seqs, forwards, shape: GraphShape, scratch: int, segments: list[int] | None = None,
+                rule=None) -> tuple[torch.Tensor, list[int]]:
     """The step's integer buffer (host) for `shape`, and how many logit rows each forward has. Logit
     rows come first in the output, in the forwards' order. Built from Python lists in one
-    conversion, plus two tensor copies per request for its keys (64 requests in well under a ms)."""
+    conversion, plus two tensor copies per request for its keys (64 requests in well under a ms).
+    A denoising decision in the graph also takes the spans' `segments` and commit `rule`
+    (decisions.CommitRule), every request's in order; the padding rows make one more span that
+    never commits."""
     rows, width, length = shape.rows, shape.width, shape.length
     buffer = torch.empty(shape.size, dtype=torch.long)
-    key = buffer[FIELDS * rows: -shape.count].view(3, shape.count, length)
+    key = buffer[FIELDS * rows: FIELDS * rows + 3 * shape.count * length].view(3, shape.count, length)
     key[0], key[1] = scratch, PADDING
     fields: list[list[int]] = [[] for _ in range(FIELDS - 1)]  # id, position, slot, region, epoch
     logit_rows, counts = [], []
@@ -90,21 +107,36 @@ def pack_padded(seqs, forwards, shape: GraphShape, scratch: int) -> tuple[torch.
         values += [pad_value] * padding
     buffer[: FIELDS * rows] = host_longs([v for values in fields for v in values] + logit_rows
                                          + [0] * (rows - len(logit_rows)))
-    buffer[-shape.count:] = host_longs([f.key_length for f in forwards] + [0] * (shape.count - len(forwards)))
+    lengths = buffer[FIELDS * rows + 3 * shape.count * length:][: shape.count]
+    lengths[:] = host_longs([f.key_length for f in forwards] + [0] * (shape.count - len(forwards)))
+    if shape.rules:
+        pad, never = rows + 1 - len(segments), float("inf")  # the padding rows' span, then empty ones
+        rules = buffer[-shape.rules:].view(4, rows + 1)
+        rules[:2] = host_longs(segments + [rows - sum(segments)] + [0] * (pad - 1) + rule.k + [0] * pad).view(2, -1)
+        rules[2:].view(torch.float64)[:] = torch.tensor([rule.lo + [never] * pad, rule.hi + [never] * pad],
+                                                        dtype=torch.float64)
     return buffer, counts
 
 
-def padded_forward(network: DreamNetwork, pool, buffer: torch.Tensor, shape: GraphShape) -> torch.Tensor:
+def padded_forward(network: DreamNetwork, pool, buffer: torch.Tensor, shape: GraphShape,
+                   banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The logits [shape.rows, vocab] of a padded step given its buffer on the device: the rows of
-    its logit positions first, then padding. What a graph captures; on the CPU it runs as is."""
-    rows = shape.rows
+    its logit positions first, then padding; and, when the shape has a decision, that decision for
+    every row (`banned`: its [vocab] mask). What a graph captures; on the CPU it runs as is."""
+    rows, keys = shape.rows, 3 * shape.count * shape.length
     ids, positions, write, region, epoch, logit_rows = buffer[: FIELDS * rows].view(FIELDS, rows)
-    key = buffer[FIELDS * rows: -shape.count].view(3, shape.count, shape.length)  # slot, region, epoch
+    key = buffer[FIELDS * rows: FIELDS * rows + keys].view(3, shape.count, shape.length)  # slot, region, epoch
     grid = (shape.count, shape.width)
     batch = PackedBatch(input_ids=ids, positions=positions, write_slots=write, read_slots=key[0],
                         query_layout=torch.stack((positions, region, epoch)).view(3, *grid), key_layout=key[1:],
-                        key_lengths=buffer[-shape.count:], query_index=None, packed_rows=None)
-    return network.logits(network.forward_packed(batch, pool)[logit_rows])
+                        key_lengths=buffer[FIELDS * rows + keys:][: shape.count], query_index=None, packed_rows=None)
+    logits = network.logits(network.forward_packed(batch, pool)[logit_rows])
+    if shape.decision is None:
+        return logits, None
+    if not shape.rules:
+        return logits, decide_on_device(shape.decision, logits, banned)
+    rules = buffer[-shape.rules:].view(4, rows + 1)
+    return logits, decide_on_device(shape.decision, logits, banned, rules[:2], rules[2:].view(torch.float64))
 
 
 class StepGraphs:
@@ -116,18 +148,24 @@ class StepGraphs:
         self.memory = torch.cuda.graph_pool_handle()
         self.graphs: dict[GraphShape, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.capture_seconds = 0.0  # spent capturing (warm-up forwards included)
+        # the banned-token mask of the step being replayed (one for every graph: replays are in order)
+        self.banned = torch.zeros(network.config.vocab_size, dtype=torch.bool, device=network.device)
 
-    def run(self, shape: GraphShape, buffer: torch.Tensor) -> torch.Tensor:
-        """The logits of the step whose host `buffer` is given (copied out of the graph's output).
-        Raises RuntimeError when this torch build refuses the capture."""
+    def run(self, shape: GraphShape, buffer: torch.Tensor,
+            banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The logits of the step whose host `buffer` is given, and its decisions when the shape
+        has them (`banned`: the group's [vocab] mask on the device), copied out of the graph's
+        output. Raises RuntimeError when this torch build refuses the capture."""
+        if banned is not None:
+            self.banned.copy_(banned, non_blocking=True)
         if shape not in self.graphs:
             started = time.perf_counter()
             self.graphs[shape] = self._capture(shape, buffer)
             self.capture_seconds += time.perf_counter() - started
-        graph, device_buffer, logits = self.graphs[shape]
+        graph, device_buffer, (logits, decided) = self.graphs[shape]
         device_buffer.copy_(buffer.pin_memory(), non_blocking=True)
         graph.replay()
-        return logits.clone()
+        return logits.clone(), None if decided is None else decided.clone()
 
     def _capture(self, shape: GraphShape, buffer: torch.Tensor):
         device_buffer = buffer.to(self.network.device)
@@ -135,9 +173,9 @@ class StepGraphs:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the capture (allocator, library handles)
             for _ in range(2):
-                padded_forward(self.network, self.pool, device_buffer, shape)
+                padded_forward(self.network, self.pool, device_buffer, shape, self.banned)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.memory):
-            logits = padded_forward(self.network, self.pool, device_buffer, shape)
-        return graph, device_buffer, logits
+            outputs = padded_forward(self.network, self.pool, device_buffer, shape, self.banned)
+        return graph, device_buffer, outputs

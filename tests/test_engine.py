@@ -225,12 +225,54 @@ def test_padded_steps_give_the_same_logits(compact):
             padded_steps += len(live) < shape.count and max(len(f.positions) for f in forwards) < shape.width
             unpadded = runner.forward(live, forwards)
             buffer, counts = pack_padded(live, forwards, shape, scratch)
-            padded = padded_forward(compact.network, runner.pool, buffer, shape)
+            padded, _ = padded_forward(compact.network, runner.pool, buffer, shape)
             assert counts == [len(f.logit_positions) for f in forwards]
             torch.testing.assert_close(torch.cat(unpadded), padded[: sum(counts)], rtol=1e-5, atol=1e-4)
         runner.step(live, forwards)
     assert any(s.width > 1 for s in shapes) and any(s.count > 1 for s in shapes)
     assert padded_steps  # steps with padding requests and padding rows both
+
+
+def test_padded_steps_decide_as_the_eager_decision(compact):
+    """A graph of a step whose logit rows all belong to one greedy decision group makes the
+    decisions too (the banned ids as a mask, the spans' commit rules in the step's buffer, the
+    padding rows one span that never commits): the same ids and commits as deciding its logits
+    eagerly, for autoregressive and denoising steps, each order."""
+    from plandiff.model.decisions import banned_mask, decide
+    from plandiff.model.kv_pool import KVPool
+    from plandiff.model.model_runner import ModelRunner
+    from plandiff.model.step_graphs import GraphShape, pack_padded, padded_forward
+
+    runner = ModelRunner(compact.network, KVPool(compact.network.config, "cpu", compact.network.dtype, 16384))
+    scratch = runner.pool.allocate(16)[0] * 16
+    vocab = compact.network.config.vocab_size
+    decided = set()
+    for options in (GenerationOptions(), GenerationOptions(order="margin", dense=True),
+                    GenerationOptions(order="threshold", threshold=0.5, steps_ratio=0.5),
+                    GenerationOptions(order="adaptive", threshold=0.3, top_k=None)):
+        cases = [("a", None, options.replace(mode="autoregressive", max_new_tokens=60)),
+                 ("bb", None, options.replace(mode="autoregressive", max_new_tokens=50)),
+                 ("e", None, options.replace(mode="autoregressive", max_new_tokens=40)),  # 3 of a bucket of 4
+                 ("c", PLAN, options), ("ddd", SHORT, options)]
+        seqs = [runner.admit(compact.new_state(compact.encode_prompt(p), o, compact.encode_plan(plan) if plan else None))
+                for p, plan, o in cases]
+        while live := [s for s in seqs if s.state.phase is not Phase.DONE]:
+            forwards = [s.state.schedule() for s in live]
+            groups = runner._groups(live, forwards)
+            shape = GraphShape.of(forwards, runner._graph_decision(forwards, groups))
+            if shape is not None and shape.decision is not None:
+                (group, members), = groups.items()
+                segments, rule = runner._rule(live, forwards, members) if shape.rules else (None, None)
+                buffer, counts = pack_padded(live, forwards, shape, scratch, segments, rule)
+                logits, made = padded_forward(compact.network, runner.pool, buffer, shape, banned_mask(group[-1], vocab, "cpu"))
+                rows = sum(counts)
+                eager = decide(group, logits[:rows], segments, rule)
+                assert torch.equal(made[..., :rows], eager), (group, counts)
+                decided.add(group[0])
+            runner.step(live, forwards)
+        for seq in seqs:
+            runner.release(seq)
+    assert decided == {"plan", "denoise"}
 
 
 def test_fused_projections_follow_the_checkpoint_weights(compact_folder):
