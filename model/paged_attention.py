@@ -6,8 +6,12 @@ program's request.
 
 One program takes one request, one KV head and a block of its query rows (each query position
 times the query heads of that KV head, so a one-token step fills a block with the group's 7 heads
-instead of 7 padded blocks). Every row's result depends on its own request's keys alone, visited in
-the same order whatever else shares the step: batching changes nothing.
+instead of 7 padded blocks). Every row's result depends on its own request's keys alone. A step
+too small to fill the device (one request: four programs for a 28-layer 7B model's four KV heads)
+also splits each request's keys into chunks, one program each, and a second kernel merges the
+chunks' partial softmaxes; a step's rows then sum their keys in another order than unsplit, so on
+CUDA a request's bf16 logits may differ in their last bits with what shares its step, as a GEMM's
+do with its row count (the CPU path is exact).
 """
 
 from __future__ import annotations
@@ -42,9 +46,10 @@ def _build():
     @triton.jit
     def _kernel(q_ptr, q_head_stride, q_row_stride, k_ptr, v_ptr, out_ptr, slots_ptr, key_region_ptr,
                 key_epoch_ptr, key_lengths_ptr, query_ptr, query_index_ptr, scale, width, length, pool_slots,
+                part_ptr, stat_ptr, chunk, rows,
                 HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, INDEXED: tl.constexpr, IEEE: tl.constexpr, _CAUSAL: tl.constexpr,
-                _PADDING: tl.constexpr):
+                BLOCK_N: tl.constexpr, INDEXED: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr,
+                _CAUSAL: tl.constexpr, _PADDING: tl.constexpr):
         group: tl.constexpr = HEADS // KV_HEADS
         b = tl.program_id(0) // KV_HEADS
         h = tl.program_id(0) % KV_HEADS
@@ -70,9 +75,11 @@ def _build():
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
         keys = tl.load(key_lengths_ptr + b)
-        for start in range(0, keys, BLOCK_N):
+        first = tl.program_id(2) * chunk  # this program's keys: [first, first + chunk) (unsplit: all)
+        last = tl.minimum(first + chunk, keys)
+        for start in range(first, last, BLOCK_N):
             n = start + tl.arange(0, BLOCK_N)
-            key_in = n < keys
+            key_in = n < last
             slot = tl.load(slots_ptr + b * length + n, mask=key_in, other=0)
             k_region = tl.load(key_region_ptr + b * length + n, mask=key_in, other=_PADDING)
             k_epoch = tl.load(key_epoch_ptr + b * length + n, mask=key_in, other=0)
@@ -98,33 +105,82 @@ def _build():
             else:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
-        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # a padding row sees nothing: zeros
-        tl.store(out_ptr + (row[:, None] * HEADS + head[:, None]) * D + d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=live[:, None])
+        if SPLIT:  # this chunk's unnormalized sum, its running max and total, for _merge
+            at = (tl.program_id(2) * rows + row) * HEADS + head
+            tl.store(part_ptr + at[:, None] * D + d[None, :], acc, mask=live[:, None])
+            tl.store(stat_ptr + 2 * at, m_i, mask=live)
+            tl.store(stat_ptr + 2 * at + 1, l_i, mask=live)
+        else:
+            out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # a padding row sees nothing: zeros
+            tl.store(out_ptr + (row[:, None] * HEADS + head[:, None]) * D + d[None, :],
+                     out.to(out_ptr.dtype.element_ty), mask=live[:, None])
 
-    return _kernel
+    @triton.jit
+    def _merge(part_ptr, stat_ptr, out_ptr, splits, cells, D: tl.constexpr):
+        """One (row, head): its chunks' partial softmaxes merged, chunk by chunk in order."""
+        cell = tl.program_id(0)
+        d = tl.arange(0, D)
+        top = tl.load(stat_ptr + 2 * cell)
+        for s in range(1, splits):
+            top = tl.maximum(top, tl.load(stat_ptr + 2 * (s * cells + cell)))
+        top = tl.where(top == float("-inf"), 0.0, top)
+        total = tl.zeros([1], tl.float32)
+        acc = tl.zeros([D], tl.float32)
+        for s in range(0, splits):
+            at = s * cells + cell
+            weight = tl.exp(tl.load(stat_ptr + 2 * at) - top)
+            total += tl.load(stat_ptr + 2 * at + 1) * weight
+            acc += tl.load(part_ptr + at * D + d) * weight
+        out = acc / tl.where(total > 0, total, 1.0)
+        tl.store(out_ptr + cell * D + d, out.to(out_ptr.dtype.element_ty))
+
+    return _kernel, _merge
+
+
+@functools.cache
+def _processors(device: torch.device) -> int:
+    """Streaming multiprocessors of `device` (the interpreter's CPU: an H100's count)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+
+
+def key_splits(programs: int, length: int, device: torch.device) -> int:
+    """Chunks of each request's keys (one program each) for a step of `programs` programs over up
+    to `length` keys: enough to fill the device, at least two key blocks a chunk."""
+    if programs >= _processors(device):
+        return 1
+    return max(1, min(-(-length // (2 * BLOCK_N)), -(-_processors(device) // programs)))
 
 
 def paged_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, rows: int, read_slots: torch.Tensor,
                     query_layout: torch.Tensor, key_layout: torch.Tensor, key_lengths: torch.Tensor,
-                    query_index: torch.Tensor | None) -> torch.Tensor:
+                    query_index: torch.Tensor | None, splits: int | None = None) -> torch.Tensor:
     """Attention of `q` [heads, T, d] (any strides, d contiguous) over the pool's `keys`, `values`
     [kv_heads, slots, d] → [rows, heads × d]. The requests' grid of query rows, [count, width]:
     `query_layout` [3, count, width] (position, region, epoch; region PADDING for padding rows),
     `query_index` [count, width] the packed row of each (None: the grid is the packed order, rows =
     count × width). Their keys: `read_slots` and `key_layout` [2, count, length] (region, epoch),
-    the first `key_lengths[i]` positions of each."""
+    the first `key_lengths[i]` positions of each. `splits`: chunks of keys per request (None: by
+    the step's size, key_splits)."""
     heads, _, d = q.shape
     kv_heads, pool_slots, _ = keys.shape
     count, width = query_layout.shape[1:]
     group = heads // kv_heads
     block_m = 16 if width * group <= 16 else 64
-    out = torch.zeros(rows, heads, d, dtype=q.dtype, device=q.device)
+    length = read_slots.shape[1]
     grid = (count * kv_heads, -(-width * group // block_m))
-    _build()[grid](q, q.stride(0), q.stride(1), keys, values, out, read_slots, key_layout[0], key_layout[1],
-                  key_lengths, query_layout, query_index if query_index is not None else query_layout,
-                  d ** -0.5, width, read_slots.shape[1], pool_slots, HEADS=heads, KV_HEADS=kv_heads, D=d,
-                  BLOCK_M=block_m, BLOCK_N=BLOCK_N, INDEXED=query_index is not None,
-                  IEEE=q.dtype == torch.float32, _CAUSAL=CAUSAL, _PADDING=PADDING)
+    splits = splits or key_splits(grid[0] * grid[1], length, q.device)
+    chunk = -(-length // (splits * BLOCK_N)) * BLOCK_N
+    splits = -(-length // chunk)
+    kernel, merge = _build()
+    out = torch.zeros(rows, heads, d, dtype=q.dtype, device=q.device)
+    part = torch.empty(splits, rows, heads, d, dtype=torch.float32, device=q.device) if splits > 1 else out
+    stat = torch.empty(splits, rows, heads, 2, dtype=torch.float32, device=q.device) if splits > 1 else out
+    kernel[grid + (splits,)](
+        q, q.stride(0), q.stride(1), keys, values, out, read_slots, key_layout[0], key_layout[1], key_lengths,
+        query_layout, query_index if query_index is not None else query_layout, d ** -0.5, width, length, pool_slots,
+        part, stat, chunk, rows, HEADS=heads, KV_HEADS=kv_heads, D=d, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+        INDEXED=query_index is not None, IEEE=q.dtype == torch.float32, SPLIT=splits > 1, _CAUSAL=CAUSAL,
+        _PADDING=PADDING)
+    if splits > 1:
+        merge[(rows * heads,)](part, stat, out, splits, rows * heads, D=d)
     return out.view(rows, heads * d)
-

@@ -54,10 +54,23 @@ def test_the_kernel_is_attention_under_the_layout_rule(seed):
     assert (got - want).abs().max() < 1e-5
 
 
-def test_packed_queries_land_in_their_rows_and_padding_queries_nowhere():
+@pytest.mark.parametrize("splits", [2, 3])
+def test_a_request_s_keys_split_into_chunks_give_the_same_attention(splits):
+    """A small step splits each request's keys into chunks (one program each) and merges their
+    partial softmaxes: the same attention, for requests with fewer keys than chunks too."""
+    q, keys, values, read, query, key_layout, lengths = random_step(11, count=2, width=3, length=300, slots=700)
+    lengths[1] = 40  # all of it in the first chunk: the others are empty
+    key_layout[0, 1, 40:] = PADDING
+    want = reference(q, keys, values, read, query, key_layout)
+    got = paged_attention(q, keys, values, q.shape[1], read, query, key_layout, lengths, None, splits=splits)
+    assert (got - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("splits", [None, 2])
+def test_packed_queries_land_in_their_rows_and_padding_queries_nowhere(splits):
     """Queries packed (T rows, fewer than the grid's): each grid query writes the row `query_index`
-    names; grid rows marked PADDING write nothing."""
-    q, keys, values, read, query, key_layout, lengths = random_step(7, count=2, width=4)
+    names; grid rows marked PADDING write nothing (nor their chunks)."""
+    q, keys, values, read, query, key_layout, lengths = random_step(7, count=2, width=4, length=200)
     real = [3, 2]  # queries of each request; the rest of its grid row is padding
     index = torch.zeros(2, 4, dtype=torch.long, device=DEVICE)
     index[0, :3], index[1, :2] = torch.tensor([4, 0, 2]), torch.tensor([1, 3])
@@ -65,7 +78,7 @@ def test_packed_queries_land_in_their_rows_and_padding_queries_nowhere():
     packed = torch.zeros_like(q[:, :5])
     for b, n in enumerate(real):
         packed[:, index[b, :n]] = q[:, b * 4: b * 4 + n]
-    got = paged_attention(packed, keys, values, 5, read, query, key_layout, lengths, index)
+    got = paged_attention(packed, keys, values, 5, read, query, key_layout, lengths, index, splits=splits)
     want = reference(q, keys, values, read, query, key_layout)
     for b, n in enumerate(real):
         assert torch.allclose(got[index[b, :n]], want[b * 4: b * 4 + n], atol=1e-5)
