@@ -57,6 +57,7 @@ def decide_on_device(group: tuple, logits: torch.Tensor, banned: torch.Tensor, r
     low = torch.finfo(logits.dtype).min
     if group[0] == "denoise":
         x0, scores = propose(logits.masked_fill(banned, low), sampling, group[2], generator)  # never the mask
+        rules, bounds = rules.to(scores.device), bounds.to(scores.device)  # a seeded sampler's device
         commit = commit_mask(scores, rules[0], rules[1], bounds[0], bounds[1])
         return torch.stack((x0, commit.to(x0.dtype)))
     logits = filter_logits(logits, sampling).masked_fill(banned, low)
