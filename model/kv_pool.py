@@ -1,5 +1,6 @@
-"""KV memory shared by many sequences: per layer, one tensor of keys (after RoPE) and one of
-values, [kv_heads, slots, head_dim], handed out in blocks of `BLOCK` positions.
+"""KV memory shared by many sequences: per layer, one tensor of keys (after RoPE) and values,
+[2, kv_heads, slots, head_dim] (a step writes both with one kernel), handed out in blocks of
+`BLOCK` positions.
 
 A sequence reserves, when it is admitted, the blocks for its longest possible length
 (`RequestState.max_length`), so a running sequence never runs out of memory and nothing is ever
@@ -27,9 +28,8 @@ class KVPool:
         self.device, self.dtype = torch.device(device), dtype
         self.max_blocks = max(1, max_slots // BLOCK)
         blocks = self.max_blocks if initial_slots is None else min(self.max_blocks, max(1, -(-initial_slots // BLOCK)))
-        shape = (config.num_key_value_heads, blocks * BLOCK, config.head_dim)
-        self.keys = [torch.zeros(shape, device=self.device, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.zeros(shape, device=self.device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        shape = (2, config.num_key_value_heads, blocks * BLOCK, config.head_dim)
+        self.layers = [torch.zeros(shape, device=self.device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.free_blocks = list(range(blocks - 1, -1, -1))  # popped from the end: low blocks first
 
     @classmethod
@@ -51,10 +51,10 @@ class KVPool:
 
     @property
     def blocks(self) -> int:
-        return self.keys[0].shape[1] // BLOCK
+        return self.layers[0].shape[2] // BLOCK
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+        return sum(t.numel() * t.element_size() for t in self.layers)
 
     def can_hold(self, positions: int) -> bool:
         need = blocks_for(positions)
@@ -76,17 +76,16 @@ class KVPool:
 
     def zero(self, blocks: list[int]) -> None:
         slots = slot_map(blocks).to(self.device)
-        for t in self.keys + self.values:
-            t[:, slots] = 0
+        for t in self.layers:
+            t[:, :, slots] = 0
 
     def _grow(self, at_least: int) -> None:
         old = self.blocks
         new = min(self.max_blocks, max(old + at_least, 2 * old))
-        for store in (self.keys, self.values):
-            for i, t in enumerate(store):
-                grown = t.new_zeros((t.shape[0], new * BLOCK, t.shape[2]))
-                grown[:, : t.shape[1]] = t
-                store[i] = grown
+        for i, t in enumerate(self.layers):
+            grown = t.new_zeros((2, t.shape[1], new * BLOCK, t.shape[3]))
+            grown[:, :, : t.shape[2]] = t
+            self.layers[i] = grown
         self.free_blocks[:0] = range(new - 1, old - 1, -1)
 
 

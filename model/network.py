@@ -98,15 +98,15 @@ class Attention(nn.Module):
         """Training: whole sequences [B, T, hidden], no cache, differentiable."""
         return self._attend(*self._project(x, cos, sin), bias)
 
-    def attend_packed(self, q, k, v, batch: PackedBatch, keys, values):
-        """Tokens of many sequences packed (q [heads, T, d], k, v [kv_heads, T, d]); keys and values
-        are written into the pool first. Attention runs padded per sequence ([B, ·, Tmax, Lmax]: the
-        batch dimension is the request term of the layout rule), then the rows are packed again:
-        [T, heads × d], before o_proj."""
-        keys[:, batch.write_slots] = k
-        values[:, batch.write_slots] = v
+    def attend_packed(self, q, kv, batch: PackedBatch, pool):
+        """Tokens of many sequences packed (q [heads, T, d], kv [2, kv_heads, T, d]); their keys and
+        values are written into the layer's `pool` [2, kv_heads, slots, d] first. Attention runs
+        padded per sequence ([B, ·, Tmax, Lmax]: the batch dimension is the request term of the layout
+        rule), then the rows are packed again: [T, heads × d], before o_proj."""
+        pool[:, :, batch.write_slots] = kv
+        keys, values = pool
         if batch.bias is None:  # the pool read in place (paged_attention.py)
-            return paged_attention(q, keys, values, k.shape[1], batch.read_slots, batch.query_layout,
+            return paged_attention(q, keys, values, q.shape[1], batch.read_slots, batch.query_layout,
                                    batch.key_layout, batch.key_lengths, batch.query_index)
         k, v = keys[:, batch.read_slots], values[:, batch.read_slots]  # [kv_heads, B, Lmax, d]
         if batch.query_index is None:  # rows already padded per sequence (T = B × Tmax): nothing to gather
@@ -183,27 +183,28 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn.forward_batch(self.input_layernorm(x), cos, sin, bias)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def forward_packed(self, x, cos, sin, batch, keys, values, segments):
+    def forward_packed(self, x, cos, sin, batch, pool, segments):
         """Packed tokens [T, hidden] (Attention.attend_packed). The parts around attention are
         `segments` (pre_attention, post_attention: eager, or compiled by DreamNetwork.compile_packed)."""
         attn, mlp = self.self_attn, self.mlp
         qkv_weight, qkv_bias = fused(attn, "_qkv", (attn.q_proj, attn.k_proj, attn.v_proj))
         gate_up, _ = fused(mlp, "_gate_up", (mlp.gate_proj, mlp.up_proj))
-        q, k, v = segments[0](x, self.input_layernorm.weight, qkv_weight, qkv_bias, cos, sin,
-                              self.input_layernorm.eps, attn.heads, attn.kv_heads, attn.head_dim)
-        out = attn.attend_packed(q, k, v, batch, keys, values)
+        q, kv = segments[0](x, self.input_layernorm.weight, qkv_weight, qkv_bias, cos, sin,
+                            self.input_layernorm.eps, attn.heads, attn.kv_heads, attn.head_dim)
+        out = attn.attend_packed(q, kv, batch, pool)
         return segments[1](x, out, attn.o_proj.weight, self.post_attention_layernorm.weight, gate_up,
                            mlp.down_proj.weight, self.post_attention_layernorm.eps)
 
 
 def pre_attention(x, norm_weight, qkv_weight, qkv_bias, cos, sin, eps: float, heads: int, kv_heads: int,
                   head_dim: int):
-    """Packed x [T, hidden] → q [heads, T, d], k, v [kv_heads, T, d]: the input norm, one matmul for
-    q, k and v, one rotation for q and k (a small step is bound by its kernel count)."""
+    """Packed x [T, hidden] → q [heads, T, d], kv [2, kv_heads, T, d] (keys, values): the input norm,
+    one matmul for q, k and v, one rotation for q and k, keys and values side by side for the pool's
+    one write (a small step is bound by its kernel count; compiled, the rotation writes them there)."""
     h = rms_norm(x, norm_weight, eps)
     qkv = F.linear(h, qkv_weight, qkv_bias).unflatten(-1, (-1, head_dim)).transpose(0, 1)  # [heads, T, d]
     rotated = rotate(qkv[: heads + kv_heads], cos, sin)
-    return rotated[:heads], rotated[heads:], qkv[heads + kv_heads:]
+    return rotated[:heads], torch.cat((rotated[heads:], qkv[heads + kv_heads:])).unflatten(0, (2, kv_heads))
 
 
 def post_attention(x, attended, o_weight, norm_weight, gate_up_weight, down_weight, eps: float):
@@ -260,8 +261,8 @@ class DreamNetwork(nn.Module):
             batch = replace(batch, bias=bias.repeat(1, 1, group, 1))  # rows (query head in group, query)
         x = self.model.embed_tokens(batch.input_ids)
         segments = self.__dict__.get("_segments", EAGER)
-        for layer, keys, values in zip(self.model.layers, pool.keys, pool.values):
-            x = layer.forward_packed(x, cos, sin, batch, keys, values, segments)
+        for layer, layer_pool in zip(self.model.layers, pool.layers):
+            x = layer.forward_packed(x, cos, sin, batch, layer_pool, segments)
         return self.model.norm(x)
 
     def compile_packed(self) -> None:

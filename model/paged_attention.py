@@ -172,7 +172,7 @@ def paged_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, r
     chunk = -(-length // (splits * BLOCK_N)) * BLOCK_N
     splits = -(-length // chunk)
     kernel, merge = _build()
-    out = torch.zeros(rows, heads, d, dtype=q.dtype, device=q.device)
+    out = torch.empty(rows, heads, d, dtype=q.dtype, device=q.device)  # every row is written (padding: zeros)
     part = torch.empty(splits, rows, heads, d, dtype=torch.float32, device=q.device) if splits > 1 else out
     stat = torch.empty(splits, rows, heads, 2, dtype=torch.float32, device=q.device) if splits > 1 else out
     kernel[grid + (splits,)](
