@@ -303,3 +303,13 @@ def test_fused_projections_follow_the_checkpoint_weights(compact_folder):
     assert runtime.network.model.layers[0].self_attn.q_proj.weight.dtype == torch.float64
     runtime._runner = None
     assert alone(runtime, "fused", None, options).tokens == changed
+
+
+def test_compiled_parts_give_the_eager_tokens(compact_folder):
+    """`DreamNetwork.compile_packed` (bench engine --compile): the parts around attention compiled
+    (torch.compile, dynamic shapes; here Inductor's CPU code) answer as the eager network does."""
+    runtime = ModelRuntime.load(compact_folder)
+    cases = [FORCED[0], FORCED[5]]  # a planned request (prefill, planning, denoising) and an AR one
+    eager = [alone(runtime, *case).tokens for case in cases]
+    runtime.network.compile_packed()
+    assert [alone(runtime, *case).tokens for case in cases] == eager
