@@ -178,19 +178,21 @@ class ModelRunner:
         them: a small step whose logit rows all belong to one greedy decision group."""
         shape = GraphShape.of(forwards, self._graph_decision(forwards, groups)) if self.cuda_graphs else None
         if shape is not None:
-            members = groups[next(iter(groups))] if shape.decision is not None else []
+            group = next(iter(groups)) if shape.decision is not None else None  # the graph decides for it
+            members = groups[group] if group is not None else []
             segments, rule = self._rule(seqs, forwards, members) if shape.rules else (None, None)
             buffer, counts = pack_padded(seqs, forwards, shape, self._scratch, segments, rule)
             lap("pack")
-            banned = None if shape.decision is None else banned_mask(
-                next(iter(groups))[-1], self.network.config.vocab_size, self.network.device)
+            banned = None if group is None else banned_mask(group[-1], self.network.config.vocab_size,
+                                                            self.network.device)
             try:
                 logits, decided = self._graphs.run(shape, buffer, banned)
             except RuntimeError as err:  # a capture this torch build refuses: stay eager, and say why
                 self.cuda_graphs, self.graph_error = False, f"{type(err).__name__}: {err}"[:500]
                 return self._forward(seqs, forwards, lap, groups)
             rows = sum(counts)
-            return list(torch.split(logits[:rows], counts)), None if decided is None else [(members, decided[..., :rows])]
+            logits = list(torch.split(logits[:rows], counts))
+            return logits, None if decided is None else [(members, decided[..., :rows])]
         batch, logit_rows, counts = self._pack(seqs, forwards)
         lap("pack")
         hidden = self.network.forward_packed(batch, self.pool)

@@ -200,7 +200,8 @@ def pre_attention(x, norm_weight, qkv_weight, qkv_bias, cos, sin, eps: float, he
                   head_dim: int):
     """Packed x [T, hidden] → q [heads, T, d], kv [2, kv_heads, T, d] (keys, values): the input norm,
     one matmul for q, k and v, one rotation for q and k, keys and values side by side for the pool's
-    one write (a small step is bound by its kernel count; compiled, the rotation writes them there)."""
+    one write (a small step is bound by its kernel count; compiled, the concatenation can fuse with
+    the rotation)."""
     h = rms_norm(x, norm_weight, eps)
     qkv = F.linear(h, qkv_weight, qkv_bias).unflatten(-1, (-1, head_dim)).transpose(0, 1)  # [heads, T, d]
     rotated = rotate(qkv[: heads + kv_heads], cos, sin)

@@ -10,8 +10,8 @@ instead of 7 padded blocks). Every row's result depends on its own request's key
 too small to fill the device (one request: four programs for a 28-layer 7B model's four KV heads)
 also splits each request's keys into chunks, one program each, and a second kernel merges the
 chunks' partial softmaxes; a step's rows then sum their keys in another order than unsplit, so on
-CUDA a request's bf16 logits may differ in their last bits with what shares its step, as a GEMM's
-do with its row count (the CPU path is exact).
+CUDA a request's bf16 logits may differ in their last bits depending on what shares its step, as a
+GEMM's do with its row count (the CPU path, which the equality tests run, is exact).
 """
 
 from __future__ import annotations

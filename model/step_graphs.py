@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import PADDING
 from .decisions import decide_on_device
+from .layout import PADDING
 from .network import DreamNetwork, PackedBatch
 
 GRAPH_COUNTS = (1, 2, 4, 8, 16, 32, 64)
@@ -146,7 +146,8 @@ class StepGraphs:
     def __init__(self, network: DreamNetwork, pool):
         self.network, self.pool = network, pool
         self.memory = torch.cuda.graph_pool_handle()
-        self.graphs: dict[GraphShape, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        # per shape: the graph, its input buffer, its outputs (logits, decisions or None)
+        self.graphs: dict[GraphShape, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}
         self.capture_seconds = 0.0  # spent capturing (warm-up forwards included)
         # the banned-token mask of the step being replayed (one for every graph: replays are in order)
         self.banned = torch.zeros(network.config.vocab_size, dtype=torch.bool, device=network.device)
