@@ -347,9 +347,11 @@ async def sweep(runtime, prompt, plan, pd, ar, levels):
             await asyncio.gather(*(one() for _ in range(level)))  # untimed: this level's graph shapes captured
             forwards, busy, graphs = worker.forwards, worker.busy_seconds, runtime.runner._graphs
             captures = (len(graphs.graphs), graphs.capture_seconds) if graphs is not None else (0, 0.0)
+            worker.laps = []
             start = time.perf_counter()
             results = await asyncio.gather(*(one() for _ in range(level)))
             wall = time.perf_counter() - start
+            laps, worker.laps = worker.laps, None
             latencies = sorted(r[0] for r in results)
             tokens = sum(r[1] for r in results)
             rows[f"{mode}_{level}"] = {
@@ -360,6 +362,10 @@ async def sweep(runtime, prompt, plan, pd, ar, levels):
                 # the worker's time in engine calls (device waits included); the rest is the
                 # orchestrator and streams outside the device's time, and waiting
                 "engine_s": worker.busy_seconds - busy,
+                # median ms of a step's parts in the worker: launch, the others' turn while the
+                # device computes, finish (its wait included), handing the events over
+                **{f"{part}_ms": statistics.median(lap[part] for lap in laps) * 1e3
+                   for part in ("launch", "others", "finish", "deliver")},
             }
             if graphs is not None:  # CUDA graphs first captured during the timed run (counted in its wall time)
                 rows[f"{mode}_{level}"].update(graphs_captured=len(graphs.graphs) - captures[0],
@@ -397,12 +403,13 @@ def print_table(r: dict) -> None:
     for name, s in r["step_phases"].items():
         print(f"{name:24s} {s['steps']:5d} " + " ".join(f"{s[p + '_ms']:8.2f}" for p in phases))
     print(f"{'orchestrator':14s} {'conc.':>5s} {'tok/s':>8s} {'× c=1':>6s} {'p50 s':>7s} {'p99 s':>7s} {'forwards':>8s} "
-          f"{'wall s':>7s} {'engine s':>8s} {'captures':>8s}")
+          f"{'wall s':>7s} {'engine s':>8s} {'captures':>8s}  step parts, median ms: launch, others' turn, finish, deliver")
     for key, s in r["concurrency"].items():
         if isinstance(s, dict):
             print(f"{s['mode']:14s} {s['concurrency']:5d} {s['tokens_per_s']:8.1f} {s['x_batch1']:6.2f} "
                   f"{s['p50_s']:7.3f} {s['p99_s']:7.3f} {s['forwards']:8d} {s['wall_s']:7.3f} {s['engine_s']:8.3f} "
-                  f"{s.get('graphs_captured', 0):3d} {s.get('capture_s', 0.0):4.2f}")
+                  f"{s.get('graphs_captured', 0):3d} {s.get('capture_s', 0.0):4.2f}  {s['launch_ms']:6.2f} "
+                  f"{s['others_ms']:6.2f} {s['finish_ms']:6.2f} {s['deliver_ms']:6.2f}")
     print(f"AR's aggregate throughput overtakes PD's at concurrency {r['concurrency']['ar_overtakes_pd_at']}")
     print(f"CUDA graphs (small steps): used {r['cuda_graphs']['used']}, error {r['cuda_graphs']['error']}")
     print(f"KV pool: {r['kv_pool']['positions']} positions = {r['kv_pool']['requests_of_2048_tokens']} requests "

@@ -62,6 +62,10 @@ class Worker:
         self.engine = Engine(self.runtime.runner, max_tokens_per_step, max_requests)
         self.slots: dict[str, Slot] = {}
         self.busy_seconds = 0.0  # time spent in engine steps (forwards and state updates)
+        # A list to time every step's parts into (benchmarks): the engine's launch, the others' turn
+        # on the event loop while the device computes, the finish (waiting for the device included),
+        # handing the events over; seconds, one dict a step
+        self.laps: list[dict[str, float]] | None = None
         self._driver: asyncio.Task | None = None
         self.log = get_logger("plandiff.worker", worker=name, pid=os.getpid())
         self.log.info("worker_ready", model=str(model) if not isinstance(model, ModelRuntime) else "in memory",
@@ -151,12 +155,12 @@ class Worker:
                     slot.queue.put_nowait(END)
             if not any(slot.phases for slot in self.slots.values()):
                 return
-            started = time.perf_counter()
+            began, queued, resumed = time.perf_counter(), None, None
             try:
                 launched = self.engine.launch()
-                self.busy_seconds += time.perf_counter() - started
+                queued = time.perf_counter()
                 await asyncio.sleep(0 if launched else IDLE_WAIT)
-                started = time.perf_counter()
+                resumed = time.perf_counter()
                 outputs = self.engine.finish() if launched else []
             except Exception as err:  # the forward itself failed (out of device memory, …): every running
                 # phase ends with the error rather than wait for a step that will not come
@@ -167,9 +171,13 @@ class Worker:
                         slot.queue.put_nowait(err)
                 continue
             finally:
-                self.busy_seconds += time.perf_counter() - started
+                finished = time.perf_counter()
+                self.busy_seconds += (queued or finished) - began + (finished - resumed if resumed else 0.0)
             for output in outputs:
                 self._deliver(output)
+            if self.laps is not None and launched:
+                self.laps.append({"launch": queued - began, "others": resumed - queued, "finish": finished - resumed,
+                                  "deliver": time.perf_counter() - finished})
 
     def _deliver(self, output) -> None:
         slot = self.slots.get(output.request_id)
