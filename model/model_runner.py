@@ -20,7 +20,7 @@ from .generation import Forward, RequestState
 from .kv_pool import BLOCK, KVPool, blocks_for, slot_map
 from .layout import PADDING
 from .network import DreamNetwork, PackedBatch
-from .step_graphs import GraphShape, StepGraphs, host_longs, pack_padded
+from .step_graphs import GraphShape, StepGraphs, host_longs, pack_padded, to_device
 
 
 @dataclass
@@ -236,11 +236,12 @@ class ModelRunner:
             logit_rows += [row[p] for p in f.logit_positions]
             counts.append(len(f.logit_positions))
             offset += n
-        flat = host_longs(ids + positions + writes + queries[0] + queries[1] + queries[2] + index + packed_rows
-                          + logit_rows + [f.key_length for f in forwards]).to(device)
+        flat = to_device(host_longs(ids + positions + writes + queries[0] + queries[1] + queries[2] + index
+                                    + packed_rows + logit_rows + [f.key_length for f in forwards]), device)
         keys = pad_sequence([s.state.layout.keys(f.key_length).T for s, f in zip(seqs, forwards)], batch_first=True,
-                            padding_value=PADDING).to(device).permute(2, 0, 1).contiguous()  # region, epoch
-        read = pad_sequence([s.slots[: f.key_length] for s, f in zip(seqs, forwards)], batch_first=True).to(device)
+                            padding_value=PADDING)  # [B, Lmax, 2]: region, epoch
+        keys = to_device(keys, device).permute(2, 0, 1).contiguous()
+        read = to_device(pad_sequence([s.slots[: f.key_length] for s, f in zip(seqs, forwards)], batch_first=True), device)
         grid = count * t_max
         tokens, query, rest = flat[: 3 * offset].view(3, offset), flat[3 * offset: 3 * offset + 4 * grid].view(
             4, count, t_max), flat[3 * offset + 4 * grid:]  # query: position, region, epoch, packed row

@@ -72,6 +72,12 @@ class GraphShape:
         return FIELDS * self.rows + 3 * self.count * self.length + self.count + self.rules
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without waiting: on CUDA copied from pinned memory, asynchronously
+    (a plain copy from pageable memory waits for every step queued before it)."""
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
+
+
 def host_longs(values: list[int]) -> torch.Tensor:
     """A long tensor (host) of a list of ints: through an `array`, four times as fast as
     torch.tensor for the tens of thousands of ints a large step packs."""
@@ -164,7 +170,7 @@ class StepGraphs:
             self.graphs[shape] = self._capture(shape, buffer)
             self.capture_seconds += time.perf_counter() - started
         graph, device_buffer, (logits, decided) = self.graphs[shape]
-        device_buffer.copy_(buffer.pin_memory(), non_blocking=True)
+        device_buffer.copy_(to_device(buffer, device_buffer.device))
         graph.replay()
         return logits.clone(), None if decided is None else decided.clone()
 
