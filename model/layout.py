@@ -38,6 +38,9 @@ class Layout:
     # [2, capacity] long: region and epoch of positions [0, _synced) as a tensor, grown by doubling
     _mirror: torch.Tensor = field(default_factory=lambda: torch.empty(2, 0, dtype=torch.long), repr=False)
     _synced: int = field(default=0, repr=False)
+    # counts the changes to positions already laid out (truncate, set_region): a copy of the keys'
+    # layout made at another generation is stale before its end too
+    generation: int = field(default=0, repr=False)
 
     def __len__(self) -> int:
         return len(self.region)
@@ -50,11 +53,13 @@ class Layout:
         del self.region[length:]
         del self.epoch[length:]
         self._synced = min(self._synced, length)
+        self.generation += 1
 
     def set_region(self, region: int) -> None:
         """Every position into one region."""
         self.region[:] = [region] * len(self.region)
         self._synced = 0
+        self.generation += 1
 
     def keys(self, length: int) -> torch.Tensor:
         """[2, length] long (host): region and epoch of positions [0, length); a view, valid until

@@ -181,7 +181,7 @@ class ModelRunner:
             group = next(iter(groups)) if shape.decision is not None else None  # the graph decides for it
             members = groups[group] if group is not None else []
             segments, rule = self._rule(seqs, forwards, members) if shape.rules else (None, None)
-            buffer, counts = pack_padded(seqs, forwards, shape, self._scratch, segments, rule)
+            buffer, counts = pack_padded(seqs, forwards, self._graphs.step_buffer(shape, self._scratch), segments, rule)
             lap("pack")
             banned = None if group is None else banned_mask(group[-1], self.network.config.vocab_size,
                                                             self.network.device)

@@ -84,18 +84,61 @@ def host_longs(values: list[int]) -> torch.Tensor:
     return torch.frombuffer(array("q", values), dtype=torch.long)
 
 
-def pack_padded(seqs, forwards, shape: GraphShape, scratch: int, segments: list[int] | None = None,
+class StepBuffer:
+    """A shape's integer step buffer (host; pinned for CUDA), kept from one of its steps to the next,
+    with what each request row of its key section holds: (sequence, its layout's generation, keys
+    written). A row is then written only past what it holds for the same request (an AR step: one
+    key, not all of them)."""
+
+    def __init__(self, shape: GraphShape, scratch: int, pinned: bool = False):
+        self.shape, self.scratch = shape, scratch
+        self.buffer = torch.zeros(shape.size, dtype=torch.long, pin_memory=pinned)
+        self.keys()[:2] = torch.tensor([scratch, PADDING])[:, None, None]
+        self.held: list[tuple | None] = [None] * shape.count
+
+    def keys(self) -> torch.Tensor:
+        """The key section, [3, count, length]: pool slot, region, epoch."""
+        shape, rows = self.shape, self.shape.rows
+        return self.buffer[FIELDS * rows: FIELDS * rows + 3 * shape.count * shape.length].view(3, shape.count,
+                                                                                                shape.length)
+
+
+def pack_keys(step: StepBuffer, seqs, forwards) -> None:
+    """Each request's keys into the buffer's key section, padding past them: only what each row does
+    not hold yet, the few new keys of every row in one indexed write."""
+    key, scratch = step.keys(), step.scratch
+    count, length = key.shape[1:]
+    index, values = [], []
+    for i in range(count):
+        seq, f = (seqs[i], forwards[i]) if i < len(seqs) else (None, None)
+        end = f.key_length if f is not None else 0
+        held = step.held[i]
+        start = held[2] if held is not None and held[0] is seq and held[1] == seq.state.layout.generation else 0
+        if held is not None and held[2] > end:  # keys the row held past this request's: padding
+            key[0, i, end:held[2]], key[1, i, end:held[2]] = scratch, PADDING
+        if end - start > 8:
+            key[0, i, start:end] = seq.slots[start:end]
+            key[1:, i, start:end] = seq.state.layout.keys(end)[:, start:]
+        elif end > start:
+            layout, slots = seq.state.layout, seq.slot_list
+            for field, source in enumerate((slots, layout.region, layout.epoch)):
+                index += range((field * count + i) * length + start, (field * count + i) * length + end)
+                values += source[start:end]
+        step.held[i] = (seq, seq.state.layout.generation, end) if seq is not None else None
+    if index:
+        key.view(-1)[host_longs(index)] = host_longs(values)
+
+
+def pack_padded(seqs, forwards, step: StepBuffer, segments: list[int] | None = None,
                 rule=None) -> tuple[torch.Tensor, list[int]]:
-    """The step's integer buffer (host) for `shape`, and how many logit rows each forward has. Logit
-    rows come first in the output, in the forwards' order. Built from Python lists in one
-    conversion, plus two tensor copies per request for its keys (64 requests in well under a ms).
-    A denoising decision in the graph also takes the spans' `segments` and commit `rule`
-    (decisions.CommitRule), every request's in order; the padding rows make one more span that
-    never commits."""
+    """The step's integer buffer (`step`'s, host) for its shape, and how many logit rows each forward
+    has. Logit rows come first in the output, in the forwards' order. Built from Python lists in one
+    conversion, plus the requests' new keys (pack_keys). A denoising decision in the graph also takes
+    the spans' `segments` and commit `rule` (decisions.CommitRule), every request's in order; the
+    padding rows make one more span that never commits."""
+    shape, buffer, scratch = step.shape, step.buffer, step.scratch
     rows, width, length = shape.rows, shape.width, shape.length
-    buffer = torch.empty(shape.size, dtype=torch.long)
-    key = buffer[FIELDS * rows: FIELDS * rows + 3 * shape.count * length].view(3, shape.count, length)
-    key[0], key[1] = scratch, PADDING
+    pack_keys(step, seqs, forwards)
     fields: list[list[int]] = [[] for _ in range(FIELDS - 1)]  # id, position, slot, region, epoch
     logit_rows, counts = [], []
     for i, (seq, f) in enumerate(zip(seqs, forwards)):
@@ -103,8 +146,6 @@ def pack_padded(seqs, forwards, shape: GraphShape, scratch: int, segments: list[
         region, epoch, slots = state.layout.region, state.layout.epoch, seq.slot_list
         for values, source, pad_value in zip(fields, (state.tokens, None, slots, region, epoch), (0, 0, scratch, PADDING, 0)):
             values += (positions if source is None else [source[p] for p in positions]) + [pad_value] * pad
-        key[0, i, : f.key_length] = seq.slots[: f.key_length]
-        key[1:, i, : f.key_length] = state.layout.keys(f.key_length)
         row = {p: i * width + j for j, p in enumerate(positions)}
         logit_rows += [row[p] for p in f.logit_positions]
         counts.append(len(f.logit_positions))
@@ -155,8 +196,16 @@ class StepGraphs:
         # per shape: the graph, its input buffer, its outputs (logits, decisions or None)
         self.graphs: dict[GraphShape, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}
         self.capture_seconds = 0.0  # spent capturing (warm-up forwards included)
+        self.buffers: dict[GraphShape, StepBuffer] = {}  # each shape's step buffer, kept (pinned) across its steps
         # the banned-token mask of the step being replayed (one for every graph: replays are in order)
         self.banned = torch.zeros(network.config.vocab_size, dtype=torch.bool, device=network.device)
+
+    def step_buffer(self, shape: GraphShape, scratch: int) -> StepBuffer:
+        """The shape's step buffer (pack_padded). Packing a step rewrites it, so the previous step's
+        copy to the device must be done by then: a step is finished before the next is packed."""
+        if shape not in self.buffers:
+            self.buffers[shape] = StepBuffer(shape, scratch, pinned=True)
+        return self.buffers[shape]
 
     def run(self, shape: GraphShape, buffer: torch.Tensor,
             banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -170,7 +219,7 @@ class StepGraphs:
             self.graphs[shape] = self._capture(shape, buffer)
             self.capture_seconds += time.perf_counter() - started
         graph, device_buffer, (logits, decided) = self.graphs[shape]
-        device_buffer.copy_(to_device(buffer, device_buffer.device))
+        device_buffer.copy_(buffer.pin_memory(), non_blocking=True)  # a kept buffer is pinned already
         graph.replay()
         return logits.clone(), None if decided is None else decided.clone()
 

@@ -207,7 +207,7 @@ def test_padded_steps_give_the_same_logits(compact):
     autoregressive and denoising steps together."""
     from plandiff.model.kv_pool import KVPool
     from plandiff.model.model_runner import ModelRunner
-    from plandiff.model.step_graphs import GraphShape, pack_padded, padded_forward
+    from plandiff.model.step_graphs import GraphShape, StepBuffer, pack_padded, padded_forward
 
     runner = ModelRunner(compact.network, KVPool(compact.network.config, "cpu", compact.network.dtype, 8192))
     scratch = runner.pool.allocate(16)[0] * 16
@@ -224,13 +224,53 @@ def test_padded_steps_give_the_same_logits(compact):
             shapes.add(shape)
             padded_steps += len(live) < shape.count and max(len(f.positions) for f in forwards) < shape.width
             unpadded = runner.forward(live, forwards)
-            buffer, counts = pack_padded(live, forwards, shape, scratch)
+            buffer, counts = pack_padded(live, forwards, StepBuffer(shape, scratch))
             padded, _ = padded_forward(compact.network, runner.pool, buffer, shape)
             assert counts == [len(f.logit_positions) for f in forwards]
             torch.testing.assert_close(torch.cat(unpadded), padded[: sum(counts)], rtol=1e-5, atol=1e-4)
         runner.step(live, forwards)
     assert any(s.width > 1 for s in shapes) and any(s.count > 1 for s in shapes)
     assert padded_steps  # steps with padding requests and padding rows both
+
+
+def test_kept_step_buffers_hold_what_fresh_ones_do(compact):
+    """A shape's step buffer kept from step to step (only each request's new keys written) equals a
+    buffer packed afresh, while requests join, leave, change rows, retry overflowing spans
+    (truncated layouts) and go diffusion-only (one region for all)."""
+    from plandiff.model.kv_pool import KVPool
+    from plandiff.model.layout import PADDING
+    from plandiff.model.model_runner import ModelRunner
+    from plandiff.model.step_graphs import FIELDS, GraphShape, StepBuffer, pack_padded
+
+    runner = ModelRunner(compact.network, KVPool(compact.network.config, "cpu", compact.network.dtype, 16384))
+    scratch = runner.pool.allocate(16)[0] * 16
+    cases = [FORCED[i] for i in (5, 6, 7, 9, 0)]  # AR, retries, diffusion-only, chosen plan, forced plan
+    waiting = [runner.admit(compact.new_state(compact.encode_prompt(p), o, compact.encode_plan(plan) if plan else None))
+               for p, plan, o in cases]
+    admitted = list(waiting)
+    running, kept, reused = [], {}, 0
+    for step in range(400):
+        if waiting and step % 3 == 0:
+            running.insert(step % (len(running) + 1), waiting.pop())  # joins, at changing rows
+        running = [s for s in running if s.state.phase is not Phase.DONE]
+        if not running and not waiting:
+            break
+        if not running:
+            continue
+        forwards = [s.state.schedule() for s in running]
+        shape = GraphShape.of(forwards)
+        if shape is not None:
+            reused += shape in kept
+            got, _ = pack_padded(running, forwards, kept.setdefault(shape, StepBuffer(shape, scratch)))
+            want, _ = pack_padded(running, forwards, StepBuffer(shape, scratch))
+            keys = slice(FIELDS * shape.rows, FIELDS * shape.rows + 3 * shape.count * shape.length)
+            assert torch.equal(got[: keys.start], want[: keys.start]) and torch.equal(got[keys.stop:], want[keys.stop:])
+            got_keys, want_keys = got[keys].view(3, -1), want[keys].view(3, -1)
+            live = want_keys[1] != PADDING
+            assert torch.equal(got_keys[:2], want_keys[:2]) and torch.equal(got_keys[2][live], want_keys[2][live])
+        runner.step(running, forwards)
+    assert not running and not waiting and reused > 20
+    assert sum(s.state.layout.generation > 0 for s in admitted) >= 2  # truncated and re-regioned layouts
 
 
 def test_padded_steps_decide_as_the_eager_decision(compact):
@@ -241,7 +281,7 @@ def test_padded_steps_decide_as_the_eager_decision(compact):
     from plandiff.model.decisions import banned_mask, decide
     from plandiff.model.kv_pool import KVPool
     from plandiff.model.model_runner import ModelRunner
-    from plandiff.model.step_graphs import GraphShape, pack_padded, padded_forward
+    from plandiff.model.step_graphs import GraphShape, StepBuffer, pack_padded, padded_forward
 
     runner = ModelRunner(compact.network, KVPool(compact.network.config, "cpu", compact.network.dtype, 16384))
     scratch = runner.pool.allocate(16)[0] * 16
@@ -263,7 +303,7 @@ def test_padded_steps_decide_as_the_eager_decision(compact):
             if shape is not None and shape.decision is not None:
                 (group, members), = groups.items()
                 segments, rule = runner._rule(live, forwards, members) if shape.rules else (None, None)
-                buffer, counts = pack_padded(live, forwards, shape, scratch, segments, rule)
+                buffer, counts = pack_padded(live, forwards, StepBuffer(shape, scratch), segments, rule)
                 logits, made = padded_forward(compact.network, runner.pool, buffer, shape, banned_mask(group[-1], vocab, "cpu"))
                 rows = sum(counts)
                 eager = decide(group, logits[:rows], segments, rule)
