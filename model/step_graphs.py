@@ -5,8 +5,9 @@ Eager, a small step of a 28-layer network is ~1,300 kernel launches and costs te
 milliseconds of host time, ten times the device's (docs/performance.md); a replay is one launch.
 A graph needs static shapes, so a step is padded to a `GraphShape`: `count` requests (a bucket),
 each given `width` query rows (a bucket) over `length` keys (a multiple of `GRAPH_LENGTH`).
-Everything a step varies is in one integer buffer, copied to the device once per step; the
-attention bias is computed from it inside the graph. Padding rows write their keys to a scratch
+Everything a step varies is in one integer buffer, copied to the device once per step (kept per
+shape on the host: a step rewrites its requests' keys only where they changed); the attention bias
+is computed from it inside the graph. Padding rows write their keys to a scratch
 slot that no real query may see, and see nothing but it themselves. When one greedy decision group
 decides every logit row of the step (the usual case: one request, or many with the same settings),
 the graph makes the decisions too (decisions.decide_on_device: a few dozen small kernels that,
