@@ -140,13 +140,6 @@ class ThresholdSchedule:
         # The reference's top-k raises when the carry outgrows the span; we clamp.
         return min(base + self.carry[span], span_length)
 
-    def accept(self, span: int, scores: torch.Tensor, step: int) -> torch.Tensor:
-        """Given the span's selected candidates' scores (best first), return which are accepted."""
-        accepted = scores >= self.threshold
-        accepted[0] = True
-        self.reject(span, int((~accepted).sum()), step)
-        return accepted
-
     def reject(self, span: int, rejected: int, step: int) -> None:
         """The span's candidates not accepted at `step` (commit_mask with lo = τ decided which)
         are carried to the next step; a rejection on or after the last step adds a step."""

@@ -194,16 +194,27 @@ def reference_threshold_steps(steps: int, step: int, rejections: int) -> int:
     return steps
 
 
+def accept(sched: ThresholdSchedule, span: int, scores: torch.Tensor, step: int) -> torch.Tensor:
+    """The threshold order's acceptance of a span's candidates as a step runs it: commit_mask with
+    the candidates' count and lo = τ (RequestState.commit_rule), then the rejections carried
+    (RequestState._denoise_step)."""
+    k = len(scores)
+    accepted = commit_mask(scores, torch.tensor([k]), torch.tensor([k]), torch.tensor([sched.threshold]),
+                           torch.tensor([float("inf")]))
+    sched.reject(span, int((~accepted).sum()), step)
+    return accepted
+
+
 def test_best_candidate_always_accepted():
     sched = ThresholdSchedule(steps=5, threshold=0.9, carry=[0])
-    accepted = sched.accept(0, torch.tensor([0.2, 0.1, 0.05]), step=0)
+    accepted = accept(sched, 0, torch.tensor([0.2, 0.1, 0.05]), step=0)
     assert accepted.tolist() == [True, False, False]
     assert sched.carry == [2]
 
 
 def test_accepts_at_or_above_threshold():
     sched = ThresholdSchedule(steps=5, threshold=0.5, carry=[0, 0])
-    accepted = sched.accept(1, torch.tensor([0.9, 0.5, 0.49, 0.7, float("-inf")]), step=1)
+    accepted = accept(sched, 1, torch.tensor([0.9, 0.5, 0.49, 0.7, float("-inf")]), step=1)
     assert accepted.tolist() == [True, True, False, True, False]
     assert sched.carry == [0, 2]
     assert sched.steps == 5  # not the last step: no extension
@@ -211,18 +222,18 @@ def test_accepts_at_or_above_threshold():
 
 def test_carry_is_the_number_of_rejections_of_the_last_step():
     sched = ThresholdSchedule(steps=10, threshold=0.9, carry=[0])
-    sched.accept(0, torch.tensor([0.95, 0.1, 0.2]), step=0)
+    accept(sched, 0, torch.tensor([0.95, 0.1, 0.2]), step=0)
     assert sched.carry == [2]
-    sched.accept(0, torch.tensor([0.95, 0.3, 0.2, 0.1]), step=1)
+    accept(sched, 0, torch.tensor([0.95, 0.3, 0.2, 0.1]), step=1)
     assert sched.carry == [3]
-    sched.accept(0, torch.tensor([0.95, 0.99]), step=2)
+    accept(sched, 0, torch.tensor([0.95, 0.99]), step=2)
     assert sched.carry == [0]
 
 
 def test_carry_feeds_candidates():
     sched = ThresholdSchedule(steps=10, threshold=0.9, carry=[0, 0])
     assert sched.candidates(0, masked=20, step=0, span_length=22) == 2
-    sched.accept(0, torch.tensor([0.95, 0.1]), step=0)  # one rejection
+    accept(sched, 0, torch.tensor([0.95, 0.1]), step=0)  # one rejection
     assert sched.candidates(0, masked=19, step=1, span_length=22) == 19 // 9 + 1
     assert sched.candidates(1, masked=19, step=1, span_length=22) == 19 // 9  # other span unaffected
 
@@ -245,14 +256,14 @@ def test_candidates_base_and_clamps():
 
 def test_rejection_before_last_step_does_not_extend():
     sched = ThresholdSchedule(steps=5, threshold=0.9, carry=[0])
-    sched.accept(0, torch.tensor([0.95, 0.1, 0.1, 0.1]), step=3)
+    accept(sched, 0, torch.tensor([0.95, 0.1, 0.1, 0.1]), step=3)
     assert sched.steps == 5
     assert sched.initial_steps == 5
 
 
 def test_rejections_on_last_step_extend_by_one():
     sched = ThresholdSchedule(steps=5, threshold=0.9, carry=[0])
-    sched.accept(0, torch.tensor([0.95, 0.1, 0.1, 0.1]), step=4)
+    accept(sched, 0, torch.tensor([0.95, 0.1, 0.1, 0.1]), step=4)
     # First rejection: 4 >= 4 → steps 6; then 4 >= 5 is false: exactly one extension.
     assert sched.steps == 6 == reference_threshold_steps(5, 4, 3)
     assert sched.carry == [3]
@@ -261,17 +272,17 @@ def test_rejections_on_last_step_extend_by_one():
 
 def test_second_span_on_same_step_sees_extended_steps():
     sched = ThresholdSchedule(steps=5, threshold=0.9, carry=[0, 0])
-    sched.accept(0, torch.tensor([0.95, 0.1]), step=4)
+    accept(sched, 0, torch.tensor([0.95, 0.1]), step=4)
     assert sched.steps == 6
-    sched.accept(1, torch.tensor([0.95, 0.1]), step=4)
+    accept(sched, 1, torch.tensor([0.95, 0.1]), step=4)
     assert sched.steps == 6  # 4 < 5 now
-    sched.accept(1, torch.tensor([0.95, 0.1, 0.2]), step=5)
+    accept(sched, 1, torch.tensor([0.95, 0.1, 0.2]), step=5)
     assert sched.steps == 7
 
 
 def test_no_rejection_on_last_step_does_not_extend():
     sched = ThresholdSchedule(steps=5, threshold=0.9, carry=[0])
-    sched.accept(0, torch.tensor([0.95, 0.92]), step=4)
+    accept(sched, 0, torch.tensor([0.95, 0.92]), step=4)
     assert sched.steps == 5 and sched.carry == [0]
 
 
@@ -279,7 +290,7 @@ def test_no_rejection_on_last_step_does_not_extend():
 def test_extension_matches_reference_semantics(steps, step, rejections):
     sched = ThresholdSchedule(steps=steps, threshold=0.9, carry=[0])
     scores = torch.tensor([0.95] + [0.1] * rejections)
-    sched.accept(0, scores, step=step)
+    accept(sched, 0, scores, step=step)
     assert sched.steps == reference_threshold_steps(steps, step, rejections)
     assert sched.carry == [rejections]
 
@@ -292,7 +303,7 @@ def drive_threshold(length: int, ratio: float, score: float, threshold: float) -
     while step < sched.steps and masked:
         k = sched.candidates(0, masked, step, length + 2)
         scores = torch.tensor([score] * min(k, masked) + [float("-inf")] * (k - min(k, masked)))
-        accepted = sched.accept(0, scores, step)
+        accepted = accept(sched, 0, scores, step)
         commits.append(int(accepted.sum()))
         masked -= commits[-1]
         step += 1
