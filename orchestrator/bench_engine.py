@@ -9,7 +9,7 @@ Sections: (1) batch-1 steps (planning, denoising with the plan's live tokens, a 
 denoising step); (2) batch-1 end to end, PD against plandiff's own autoregressive mode on the same
 answer length; (3) a batched PD denoising step of many requests; (4) requests at several
 concurrencies through the orchestrator on one in-process worker: aggregate tokens/s, p50/p99
-latency; (5) what the KV pool holds. `--shape qwen2.5-7b` builds a Qwen2.5-7B-shaped Dream network
+latency (bench_concurrency.py); (5) what the KV pool holds. `--shape qwen2.5-7b` builds a Qwen2.5-7B-shaped Dream network
 with random weights directly on the device (no checkpoint on disk); the head's rows for the tags and
 specials are zero, so a random planner never ends an answer early and forced plans decide the rest.
 """
@@ -130,6 +130,27 @@ def step_log(engine, device) -> list[dict]:
     return log
 
 
+def profile_denoising_step(engine, states, device, after: int) -> None:
+    """Print where one denoising step of `states` goes on the device, kernel by kernel: the states are
+    added to the engine and stepped until each is denoising, `after` steps into its round; one step
+    is profiled, then they are driven to their end."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from plandiff.model.generation import Phase
+
+    for i, state in enumerate(states):
+        engine.add(f"profiled-{i}", state)
+    while not all(s.phase is Phase.DENOISE and s.round.denoise_steps >= after for s in states):
+        engine.step()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        engine.step()
+        sync(device)
+    print(f"one denoising step of {len(states)} request{'s' if len(states) > 1 else ''}:")
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25))
+    step_log(engine, device)
+
+
 def new_state(runtime, prompt_ids, options, plan=None):
     return runtime.new_state(prompt_ids, options, runtime.encode_plan(plan) if plan else None)
 
@@ -140,10 +161,11 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     import torch
 
     from plandiff.model import GenerationOptions
-    from plandiff.model.generation import Phase
     from plandiff.model.kv_pool import BLOCK
     from plandiff.model.runtime import ModelRuntime
     from plandiff.workers.engine import Engine
+
+    from .bench_concurrency import sweep
 
     if device == "cpu":
         torch.set_num_threads(1)  # a shared 2-core machine: two threads contend with anything else running
@@ -233,19 +255,7 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
             print(averages.table(sort_by="self_cuda_time_total", row_limit=10))
     runner.release(seq)
     if profile and dev.type == "cuda":  # a batch-1 denoising step as it runs (graphs as configured)
-        from torch.profiler import ProfilerActivity
-        from torch.profiler import profile as profiler
-
-        engine.add("profiled", state := new_state(runtime, prompt, pd, plan))
-        while state.phase is not Phase.DENOISE or state.round.denoise_steps < 2:
-            engine.step()
-        sync(dev)
-        with profiler(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            engine.step()
-            sync(dev)
-        print("one batch-1 denoising step:")
-        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25))
-        step_log(engine, dev)
+        profile_denoising_step(engine, [new_state(runtime, prompt, pd, plan)], dev, after=2)
     report["batch1_steps"] = {**forward_only, "prefill": summary(log[:1]), "plan": summary(plan_steps),
                               "denoise": summary(denoise_steps), "denoise_wide": summary(wide_steps)}
 
@@ -276,21 +286,7 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     report["batched_denoise"] = {"requests": many, **(summary(full) or {})}
 
     if profile and dev.type == "cuda":  # where a batched denoising step's device time goes, kernel by kernel
-        from torch.profiler import ProfilerActivity
-        from torch.profiler import profile as profiler
-
-        states = [new_state(runtime, prompt, pd, plan) for _ in range(many)]
-        for i, state in enumerate(states):
-            engine.add(str(i), state)
-        while not all(s.phase is Phase.DENOISE for s in states):
-            engine.step()
-        sync(dev)
-        with profiler(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            engine.step()
-            sync(dev)
-        print(f"one denoising step of {many} requests:")
-        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25))
-        step_log(engine, dev)
+        profile_denoising_step(engine, [new_state(runtime, prompt, pd, plan) for _ in range(many)], dev, after=0)
 
     # (3b) where a step's time goes, batch 1 and batched: host phases, and the device's share
     report["step_phases"] = {}
@@ -321,62 +317,6 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
             out.write(text + "\n")
     print(text)
     return 0
-
-
-async def sweep(runtime, prompt, plan, pd, ar, levels):
-    from plandiff.orchestrator.executors import Executor, LocalWorkerHandle
-    from plandiff.orchestrator.orchestrator import GenerateRequest, Orchestrator
-    from plandiff.workers.worker import Worker
-
-    class InProcess(Executor):
-        name = "local"
-
-        def __init__(self, worker):
-            self.workers = [LocalWorkerHandle(worker)]
-
-    worker = Worker(runtime, name="bench-0", max_requests=max(levels))
-    orchestrator = Orchestrator(InProcess(worker), runtime.codec)
-    rows = {}
-    for mode, options, forced in (("ar", ar, None), ("pd", pd, plan)):
-        for level in levels:
-            async def one():
-                start = time.perf_counter()
-                done = await orchestrator.complete(GenerateRequest(prompt_ids=prompt, plan=forced, options=options))
-                return time.perf_counter() - start, done.usage.generated_tokens
-
-            await asyncio.gather(*(one() for _ in range(level)))  # untimed: this level's graph shapes captured
-            forwards, busy, graphs = worker.forwards, worker.busy_seconds, runtime.runner._graphs
-            captures = (len(graphs.graphs), graphs.capture_seconds) if graphs is not None else (0, 0.0)
-            worker.laps = []
-            start = time.perf_counter()
-            results = await asyncio.gather(*(one() for _ in range(level)))
-            wall = time.perf_counter() - start
-            laps, worker.laps = worker.laps, None
-            latencies = sorted(r[0] for r in results)
-            tokens = sum(r[1] for r in results)
-            rows[f"{mode}_{level}"] = {
-                "mode": mode, "concurrency": level, "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
-                "p50_s": latencies[len(latencies) // 2], "p99_s": latencies[min(len(latencies) - 1,
-                                                                              int(0.99 * len(latencies)))],
-                "forwards": worker.forwards - forwards,
-                # the worker's time in engine calls (device waits included); the rest is the
-                # orchestrator and streams outside the device's time, and waiting
-                "engine_s": worker.busy_seconds - busy,
-                # median ms of a step's parts in the worker: launch, the others' turn while the
-                # device computes, finish (its wait included), handing the events over
-                **{f"{part}_ms": statistics.median(lap[part] for lap in laps) * 1e3
-                   for part in ("launch", "others", "finish", "deliver")},
-            }
-            if graphs is not None:  # CUDA graphs first captured during the timed run (counted in its wall time)
-                rows[f"{mode}_{level}"].update(graphs_captured=len(graphs.graphs) - captures[0],
-                                               capture_s=graphs.capture_seconds - captures[1])
-    for mode in ("ar", "pd"):
-        base = rows[f"{mode}_{min(levels)}"]["tokens_per_s"]
-        for level in levels:
-            rows[f"{mode}_{level}"]["x_batch1"] = rows[f"{mode}_{level}"]["tokens_per_s"] / base
-    overtakes = [lv for lv in levels if rows[f"ar_{lv}"]["tokens_per_s"] > rows[f"pd_{lv}"]["tokens_per_s"]]
-    rows["ar_overtakes_pd_at"] = overtakes[0] if overtakes else None
-    return rows
 
 
 def print_table(r: dict) -> None:

@@ -28,6 +28,7 @@ from plandiff.model.options import GenerationOptions
 
 if TYPE_CHECKING:
     from plandiff.model.result import GenerationResult
+    from plandiff.model.runtime import ModelRuntime
     from plandiff.workers.worker import Worker
 
     from .settings import RunSettings
@@ -196,10 +197,13 @@ class Executor(ABC):
 class LocalExecutor(Executor):
     name = "local"
 
-    def __init__(self, model: str, dtype: str | None = None, device: str = "cpu"):
+    def __init__(self, model: str | ModelRuntime, dtype: str | None = None, device: str = "cpu",
+                 max_requests: int = 64):
+        """`model`: a checkpoint folder, or a loaded runtime (benchmarks build random weights in place)."""
         from plandiff.workers.worker import Worker
 
-        self.workers = [LocalWorkerHandle(Worker(model, dtype=dtype, device=device, name="local-0"))]
+        worker = Worker(model, dtype=dtype, device=device, name="local-0", max_requests=max_requests)
+        self.workers = [LocalWorkerHandle(worker)]
 
 
 _CLUSTER_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
