@@ -28,8 +28,8 @@ from .plan_constraint import (banned_plan_tokens, bounded_number_tokens, promise
                               validate_plan)
 from .plan_parser import Malformed, PlanParser, RoundEnd, PromiseClosed
 from .tags import TagVocabulary
-from .unmasking import (ThresholdSchedule, commit_count, diffusion_steps, filter_logits, fp32, next_token, step_ratios,
-                        timesteps)
+from .unmasking import (ThresholdSchedule, commit_count, diffusion_steps, filter_logits, next_token, scheduled_count,
+                        step_ratios, timesteps)
 
 # Called on each planning step's filtered logits [vocab] with the round's tokens so far.
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
@@ -259,7 +259,7 @@ class RequestState:
         step, steps, masked = self._step, self._steps, forward.segments
         inf, tau = float("inf"), self.options.threshold
         if self.options.mode == "diffusion":
-            k = [int(fp32(m * self._ratios[step])) if step < steps - 1 else m for m in masked]
+            k = [scheduled_count(m, step, steps, self._ratios) for m in masked]
             return CommitRule(k, [-inf] * len(k), [inf] * len(k))
         if self._threshold is not None:
             spans = zip(forward.spans, masked)

@@ -93,11 +93,17 @@ def fp32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
+def scheduled_count(masked: int, step: int, steps: int, ratios: list[float]) -> int:
+    """The schedule's share of `masked` masks at `step` of `steps`, all of them at the last step
+    (the diffusion-only baseline commits this many, possibly none). The product is exact in a
+    double and then rounded to fp32: the reference's fp32 tensor product."""
+    return int(fp32(masked * ratios[step])) if step < steps - 1 else masked
+
+
 def commit_count(masked: int, step: int, steps: int, ratios: list[float]) -> int:
-    """Tokens a span with `masked` masks commits at `step` of `steps` (pd_* orders, §3.5). The
-    product is exact in a double and then rounded to fp32: the reference's fp32 tensor product."""
-    count = int(fp32(masked * ratios[step])) if step < steps - 1 else masked
-    return min(max(1, count), masked)
+    """Tokens a span with `masked` masks commits at `step` of `steps` (pd_* orders, §3.5): the
+    schedule's count, at least one."""
+    return min(max(1, scheduled_count(masked, step, steps, ratios)), masked)
 
 
 def commit_mask(scores: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, lo: torch.Tensor,
