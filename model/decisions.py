@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .options import Sampling
-from .unmasking import commit_mask, filter_logits, propose
+from .unmasking import commit_mask, filter_logits, greedy_token, propose
 
 # A step's decision: the planning token, or the denoising proposals and which of them commit (per row).
 Decision = int | tuple[list[int], list[int]]
@@ -60,6 +60,8 @@ def decide_on_device(group: tuple, logits: torch.Tensor, banned: torch.Tensor, r
         rules, bounds = rules.to(scores.device), bounds.to(scores.device)  # a seeded sampler's device
         commit = commit_mask(scores, rules[0], rules[1], bounds[0], bounds[1])
         return torch.stack((x0, commit.to(x0.dtype)))
+    if sampling.temperature == 0 and (sampling.top_p is None or sampling.top_p >= 1):
+        return greedy_token(logits, banned, sampling.top_k)
     logits = filter_logits(logits, sampling).masked_fill(banned, low)
     if sampling.temperature > 0:
         return torch.multinomial(torch.softmax(logits, dim=-1).float(), 1).squeeze(-1)

@@ -16,8 +16,8 @@ import torch
 from plandiff.model import InvalidRequestError
 
 from plandiff.model.unmasking import (
-    EPS, Sampling, ThresholdSchedule, commit_count, commit_mask, diffusion_steps, filter_logits, next_token, propose,
-    step_ratios, timesteps,
+    EPS, Sampling, ThresholdSchedule, commit_count, commit_mask, diffusion_steps, filter_logits, greedy_token, next_token,
+    propose, propose_from_top_k, step_ratios, timesteps,
 )
 
 NO_FILTER = Sampling(temperature=0.0, top_p=None, top_k=None)
@@ -489,6 +489,41 @@ def test_propose_probabilities_are_after_top_k(logits):
     kth = logits.topk(50, -1).values[:, -1:]
     expected = torch.softmax(logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min), -1).max(-1).values
     assert torch.allclose(conf_f, expected)
+
+
+def tied_logits(dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """Rows with many equal values (in half-steps), so the k-th value is often tied beyond the k."""
+    return (torch.randn(64, 200, generator=torch.Generator().manual_seed(seed)) * 4).round().div(2).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 2, 7, 50])
+def test_proposals_from_the_top_k_equal_the_full_vocabulary_s(dtype, k):
+    """CUDA's shortcut (the k best logits and the count of ties at the k-th) against the reference's
+    passes over the whole row: the same proposals, the scores up to the softmax sum's order."""
+    logits = tied_logits(dtype)
+    logits[3] = 0  # one row all ties
+    sampling = Sampling(top_k=k)
+    for order in ("entropy", "confidence", "margin"):
+        x0, scores = propose(logits, sampling, order, None)
+        x0_k, scores_k = propose_from_top_k(logits, k, order)
+        assert torch.equal(x0_k, x0)
+        assert scores_k.dtype == scores.dtype
+        tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 8e-3, "atol": 1e-5}
+        torch.testing.assert_close(scores_k, scores, **tolerance)
+
+
+@pytest.mark.parametrize("top_k", [None, 1, 3, 50])
+def test_a_greedy_token_is_the_argmax_of_the_filtered_logits_with_banned_ids(top_k):
+    """`greedy_token` skips the filter's passes; with as many banned ids as k above the best allowed
+    one, the reference's row is all dtype min and its argmax is id 0."""
+    logits = tied_logits(torch.bfloat16, seed=1)
+    low = torch.finfo(logits.dtype).min
+    for banned_ids in ([], [5], list(range(0, 200, 3)), logits[0].topk(60).indices.tolist()):
+        banned = torch.zeros(200, dtype=torch.bool)
+        banned[banned_ids] = True
+        expected = filter_logits(logits, Sampling(top_k=top_k)).masked_fill(banned, low).argmax(-1)
+        assert torch.equal(greedy_token(logits, banned, top_k), expected)
 
 
 def test_propose_sampled_is_seeded_and_consistent(logits):
