@@ -109,13 +109,20 @@ class TaskGraph:
     def apply(self, events: list[RequestEvent]) -> list[Event]:
         out: list[Event] = []
         rid = self.request_id
+        # Autoregressive: the plain text as it is written, one decode for each run of plan tokens
+        # (a batch of events can hold a whole answer's tokens)
+        plain_text = self.options.mode == "autoregressive"
+        text_due = False
         for e in events:
             if isinstance(e, PlanToken):
                 self.round.plan.append(e.token)
                 out.append(PlanTokenEvent(request_id=rid, round=e.round, token_id=e.token))
-                if self.options.mode == "autoregressive":  # plain text as it is written
-                    out += self._text(self.joined + self.round.plan)
-            elif isinstance(e, SpanPromised):
+                text_due = plain_text
+                continue
+            if text_due:
+                out += self._text(self.joined + self.round.plan)
+                text_due = False
+            if isinstance(e, SpanPromised):
                 topic = self.codec.tokenizer.decode(list(e.topic_ids)).strip()
                 self.round.spans.append(SpanJob(e.index, topic, e.length))
                 out.append(SpanPromisedEvent(request_id=rid, round=e.round, span=e.index, topic=topic,
@@ -158,6 +165,8 @@ class TaskGraph:
             elif isinstance(e, Finished):
                 self.finish = e
                 self.next_phase = "done"
+        if text_due:
+            out += self._text(self.joined + self.round.plan)
         return out
 
     def final_text(self, text: str) -> list[Event]:

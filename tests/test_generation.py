@@ -1,5 +1,7 @@
 """The per-request state machine: cache semantics, modes, forced plans, and every defined outcome."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -134,6 +136,10 @@ def test_result_carries_plan_spans_and_text(compact):
     tags = compact.tags
     assert result.token_ids.count(tags.span_open) == 4 and result.token_ids.count(tags.sync) == 1
     assert tags.end[0] not in result.token_ids
+    plain = result.to_dict()  # what DoneEvent carries: asdict's, copied without its per-id recursion
+    assert plain == dataclasses.asdict(result)
+    assert plain["token_ids"] is not result.token_ids and plain["rounds"][0]["spans"][0]["token_ids"] is not \
+        result.rounds[0].spans[0].token_ids
 
 
 def test_autoregressive_mode_never_writes_tags(compact):
