@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .options import Sampling
+from .transfers import to_device
 from .unmasking import commit_mask, filter_logits, greedy_token, propose
 
 # A step's decision: the planning token, or the denoising proposals and which of them commit (per row).
@@ -42,8 +43,8 @@ def decide(group: tuple, logits: torch.Tensor, segments: list[int] | None = None
     banned = banned_mask(tuple(group[-1]), logits.shape[-1], logits.device)
     if group[0] == "plan":
         return decide_on_device(group, logits, banned, generator=generator)
-    rules = torch.tensor([segments, rule.k], dtype=torch.long).to(logits.device, non_blocking=True)
-    bounds = torch.tensor([rule.lo, rule.hi], dtype=torch.float64).to(logits.device, non_blocking=True)
+    rules = to_device(torch.tensor([segments, rule.k], dtype=torch.long), logits.device)
+    bounds = to_device(torch.tensor([rule.lo, rule.hi], dtype=torch.float64), logits.device)
     return decide_on_device(group, logits, banned, rules, bounds, generator)
 
 

@@ -20,7 +20,8 @@ from .generation import Forward, RequestState
 from .kv_pool import BLOCK, KVPool, blocks_for, slot_map
 from .layout import PADDING
 from .network import DreamNetwork, PackedBatch
-from .step_graphs import GraphShape, StepGraphs, host_longs, pack_padded, to_device
+from .step_graphs import GraphShape, StepGraphs, pack_padded
+from .transfers import host_longs, to_device
 
 
 @dataclass

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .codec import DEFAULT_SYSTEM, TextCodec
 from .generation import LogitsProcessor, Phase, RequestState
 from .loading import Checkpoint, load_checkpoint

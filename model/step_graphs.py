@@ -17,7 +17,6 @@ launched one by one, cost a batch-1 step about a millisecond of host time).
 from __future__ import annotations
 
 import time
-from array import array
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +24,7 @@ import torch
 from .decisions import decide_on_device
 from .layout import PADDING
 from .network import DreamNetwork, PackedBatch
+from .transfers import host_longs
 
 GRAPH_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 GRAPH_WIDTHS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -71,18 +71,6 @@ class GraphShape:
     @property
     def size(self) -> int:
         return FIELDS * self.rows + 3 * self.count * self.length + self.count + self.rules
-
-
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on `device` without waiting: on CUDA copied from pinned memory, asynchronously
-    (a plain copy from pageable memory waits for every step queued before it)."""
-    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
-
-
-def host_longs(values: list[int]) -> torch.Tensor:
-    """A long tensor (host) of a list of ints: through an `array`, four times as fast as
-    torch.tensor for the tens of thousands of ints a large step packs."""
-    return torch.frombuffer(array("q", values), dtype=torch.long)
 
 
 class StepBuffer:

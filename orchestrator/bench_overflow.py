@@ -15,7 +15,6 @@ import json
 import statistics
 import sys
 
-from plandiff.model.options import GenerationOptions
 
 POLICIES = ("accept", "retry", "replan")
 
