@@ -72,6 +72,8 @@ def add_bench(sub) -> None:
     t.add_argument("--warmup", type=int, default=10, help="untimed steps first (compiling happens there)")
     t.add_argument("--variants", default="eager,compiled", help="comma-separated: eager, compiled")
     t.add_argument("--device", default=None, help="default: cuda if available")
+    t.add_argument("--group-by-length", type=int, default=8, help="batches whose rows are sorted by length "
+                                                                  "together, as training draws them (1: none)")
 
 
 def run_bench(args) -> int:
@@ -122,14 +124,17 @@ def run_train_step(args) -> int:
     from plandiff.model.training.step_timing import time_steps
 
     variants = args.variants.split(",")
-    if set(variants) - {"eager", "compiled"} or args.steps < 1 or args.warmup < 1 or args.batch_size < 1:
-        raise InvalidRequestError("--variants takes eager and/or compiled; --steps, --warmup, --batch-size ≥ 1")
+    if (set(variants) - {"eager", "compiled"} or min(args.steps, args.warmup, args.batch_size, args.group_by_length)
+            < 1):
+        raise InvalidRequestError("--variants takes eager and/or compiled; --steps, --warmup, --batch-size, "
+                                  "--group-by-length ≥ 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = torch_device_name(device) if device.startswith("cuda") else "cpu"
-    print(f"{args.model}, mode {args.mode}, batch {args.batch_size}, {args.steps} timed steps after "
-          f"{args.warmup}, {name}, torch {torch.__version__}")
+    print(f"{args.model}, mode {args.mode}, batch {args.batch_size} (grouped by length over "
+          f"{args.group_by_length}), {args.steps} timed steps after {args.warmup}, {name}, torch {torch.__version__}")
     print(f"{'variant':10s} {'ms/step':>8s} {'warmup s':>9s} {'tokens/s':>10s} {'loss':>7s}")
-    results = time_steps(args.model, args.mode, args.batch_size, args.steps, args.warmup, device, variants)
+    results = time_steps(args.model, args.mode, args.batch_size, args.steps, args.warmup, device, variants,
+                         args.group_by_length)
     for r in results:
         print(f"{r.variant:10s} {r.ms_per_step:8.1f} {r.warmup_s:9.1f} {r.tokens_per_s:10.0f} {r.final_loss:7.3f}")
     print(json.dumps([r.__dict__ for r in results]))

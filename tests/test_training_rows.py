@@ -103,3 +103,42 @@ def test_a_skipping_stream_continues_where_the_other_left_off(monkeypatch):
 
     with ThreadPoolExecutor(2) as pool:
         assert stream_rows(pool, 13, 20) == stream_rows(pool, 0, 36)[13:33]
+
+
+def test_batches_grouped_by_length_take_every_row_once_and_pad_less():
+    """Each window of `group` batches is sorted by length: its batches' lengths do not overlap, every
+    row is used once a pass, and the padded tokens fall against batches taken in stream order."""
+    def padded(rows: Rows, batches: int, size: int) -> tuple[list[list[int]], int]:
+        out, tokens, picker = [], 0, torch.Generator().manual_seed(0)
+        for _ in range(batches):
+            data, index, length = rows.batch(size, picker)
+            out.append((data.tokens[index, 0] - 1).tolist())
+            tokens += length * size
+        return out, tokens
+
+    lengths = lambda batch: [1 + i % 13 for i in batch]  # noqa: E731 (chunk's lengths, width 13)
+    grouped, grouped_tokens = padded(Rows(stream([40, 40], widths=[13, 13]), PAD, "cpu", keep=False, group=4), 16, 5)
+    plain, plain_tokens = padded(Rows(stream([40, 40], widths=[13, 13]), PAD, "cpu", keep=False), 16, 5)
+    assert sorted(r for b in grouped for r in b) == list(range(80))
+    for w in range(4):  # the stream's rows 20w … 20w + 19
+        window = grouped[4 * w:4 * w + 4]
+        assert sorted(r for b in window for r in b) == list(range(20 * w, 20 * w + 20))
+        ranges = sorted((min(lengths(b)), max(lengths(b))) for b in window)
+        assert all(high <= low for (_, high), (low, _) in zip(ranges, ranges[1:]))
+    assert grouped != plain and grouped_tokens < plain_tokens  # 650 against 805 here
+
+
+def test_grouped_batches_after_a_skip_of_whole_windows_are_the_twin_s():
+    picker = torch.Generator()
+    twin = Rows(stream([10, 10, 10]), PAD, "cpu", group=2)
+    twin_batches = [take(twin, 3, picker) for _ in range(10)]
+    adapted = Rows(stream([10, 10, 10]), PAD, "cpu", skip=4 * 3, group=2)
+    assert [take(adapted, 3, picker) for _ in range(6)] == twin_batches[4:]
+
+
+def test_later_passes_group_by_length_too():
+    rows = Rows(stream([6, 6]), PAD, "cpu", group=2)
+    picker = torch.Generator().manual_seed(3)
+    passes = [[take(rows, 3, picker) for _ in range(4)] for _ in range(3)]
+    for batches in passes:
+        assert sorted(r for b in batches for r in b) == list(range(12))

@@ -87,7 +87,8 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
             skipped, chunks = training_chunks(pool, data, config, tokenizer)
         else:
             skipped, chunks = 0, map(_unpack, pool.map(_encode_and_pack, _chunks(examples), *encoding))
-        rows = Rows(chunks, tags.pad, device, skip=skipped, keep=config.steps * config.batch_size > data.train)
+        rows = Rows(chunks, tags.pad, device, skip=skipped, keep=config.steps * config.batch_size > data.train,
+                    group=config.group_by_length)
         if start:
             network, initial = start.config, start.network.state_dict()  # loaded in float32
         else:

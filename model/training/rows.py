@@ -7,11 +7,20 @@ waits for the next chunk when it has used every row so far: a run never depends 
 workers are, and a model adapted from a checkpoint at step k that skips k·B rows gets exactly the
 batches its twin got after step k. Later passes shuffle all rows; a run that needs only one pass
 keeps none (millions of rows need not sit in device memory).
+
+Batches are grouped by length (`group` > 1): a batch is padded to its longest row, and rows of the
+task range from about a hundred tokens to several hundred, so a batch of rows drawn at random
+computes mostly padding (attention, quadratic, even more). Each window of `group` batches' rows
+(the next group × B of the stream, or of a later pass's shuffle) is sorted by length, cut into
+batches, and those are taken in an order seeded by the window's lengths: every row is still used
+once per pass, the same windows give the same batches in the same order, and a run that skips k
+batches, k a multiple of `group`, gets the batches its twin got after step k.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Iterable
 
 import torch
@@ -21,7 +30,7 @@ from .objective import Packed, concat
 
 class Rows:
     def __init__(self, chunks: Iterable[Packed], pad_token: int, device: str | torch.device, skip: int = 0,
-                 keep: bool = True):
+                 keep: bool = True, group: int = 1):
         self._chunks = iter(chunks)
         self._pad, self._device = pad_token, device
         self._skip = skip  # rows of the stream still to drop
@@ -31,16 +40,22 @@ class Rows:
         self._ended = False
         self._all: Packed | None = None  # every row, for the shuffled passes
         self._order, self._seen = torch.empty(0, dtype=torch.long), 0
+        self._group = group  # batches whose rows are sorted by length together
+        self._queue: deque[tuple[Packed, torch.Tensor]] = deque()  # the window's batches still to take
         self.waited = 0.0  # seconds the first pass spent waiting for a chunk
         self.rows = 0  # rows delivered so far
 
     def batch(self, size: int, picker: torch.Generator) -> tuple[Packed, torch.Tensor, int]:
         """The data, the rows (a CPU index into it) and their longest length, for the next batch."""
-        while not self._ended and self._left() < size:
-            self._receive()
-        if self._left() >= size:
-            return self._first_pass(size)
-        return self._shuffled(size, picker)  # the first pass's last partial batch joins them
+        if not self._queue:
+            while not self._ended and self._left() < size * self._group:
+                self._receive()
+            if self._left() >= size:
+                self._first_pass(size)
+            else:
+                self._shuffled(size, picker)  # the first pass's last partial batch joins them
+        data, index = self._queue.popleft()
+        return data, index, int(data.lengths[index].max())
 
     def _left(self) -> int:
         return 0 if self._current is None else len(self._current)
@@ -64,12 +79,23 @@ class Rows:
             self._kept.append(chunk)
         self._current = chunk if not self._left() else concat([self._current, chunk], self._pad)
 
-    def _first_pass(self, size: int) -> tuple[Packed, torch.Tensor, int]:
+    def _first_pass(self, size: int) -> None:
         data = self._current
-        self._current = _rows(data, size, len(data)) if len(data) > size else None
-        return data, torch.arange(size), int(data.lengths[:size].max())
+        taken = min(self._group, len(data) // size) * size
+        self._current = _rows(data, taken, len(data)) if len(data) > taken else None
+        self._queue_window(data, torch.arange(taken), size)
 
-    def _shuffled(self, size: int, picker: torch.Generator) -> tuple[Packed, torch.Tensor, int]:
+    def _queue_window(self, data: Packed, window: torch.Tensor, size: int) -> None:
+        """The window's rows as batches of rows of like length, in an order seeded by their lengths."""
+        if self._group == 1:
+            self._queue.append((data, window))
+            return
+        lengths = data.lengths[window]
+        batches = window[torch.argsort(lengths, stable=True)].split(size)
+        order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(int(lengths.sum())))
+        self._queue.extend((data, batches[i]) for i in order.tolist())
+
+    def _shuffled(self, size: int, picker: torch.Generator) -> None:
         if self._all is None:
             if not self._kept:
                 raise RuntimeError(f"the training data ran out after {self.rows} rows (one pass, none kept)"
@@ -78,9 +104,10 @@ class Rows:
             self._kept = []
         if self._seen + size > len(self._order):
             self._order, self._seen = torch.randperm(len(self._all), generator=picker), 0
-        index = self._order[self._seen:self._seen + size]
-        self._seen += size
-        return self._all, index, int(self._all.lengths[index].max())
+        left = len(self._order) - self._seen
+        taken = min(self._group, left // size) * size or left  # fewer rows than a batch: all of them
+        self._queue_window(self._all, self._order[self._seen:self._seen + taken], size)
+        self._seen += taken
 
 
 def _rows(data: Packed, start: int, stop: int) -> Packed:

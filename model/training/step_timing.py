@@ -3,8 +3,10 @@ batches of the synthetic task, eager and under torch.compile.
 
 Each variant starts from the checkpoint's weights, runs `warmup` steps (compiling happens there and
 is timed apart) and then `steps` timed steps on the same batches, with the device synchronized
-around the timed stretch. The loss after the timed steps is reported too: the variants compute
-the same thing, so the losses should agree to bf16 noise.
+around the timed stretch. The batches are drawn as training draws them (rows.py: grouped by length
+unless `group` is 1); tokens/s counts the rows' tokens, not their padding. The loss after the
+timed steps is reported too: the variants compute the same thing, so the losses should agree to
+bf16 noise.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..network import DreamNetwork
 from ..tags import TagVocabulary
 from .objective import make_batch, pack
 from .recipe import encode_examples
+from .rows import Rows
 from .synthetic import make_split
 from .trainer import TrainConfig, autocast_for, loss_function, make_optimizer, optimize
 
@@ -33,17 +36,16 @@ class StepTiming:
 
 
 def time_steps(model: str, mode: str, batch_size: int, steps: int, warmup: int, device: str,
-               variants: list[str]) -> list[StepTiming]:
+               variants: list[str], group: int = 8) -> list[StepTiming]:
     checkpoint = load_checkpoint(model, dtype="float32")
     tokenizer = checkpoint.tokenizer
     tags = TagVocabulary.from_tokenizer(tokenizer)
     config = TrainConfig(mode=mode, batch_size=batch_size, dense=checkpoint.config.disable_block_sparsity)
     examples = make_split("train", min(4096, 16 * batch_size), 0)
     data = pack(encode_examples(examples, config, tokenizer, join="text"), tags.pad, device)
-    picker = torch.Generator().manual_seed(0)
-    batches = [torch.randperm(len(data), generator=picker)[:batch_size] for _ in range(warmup + steps)]
-    lengths = [int(data.lengths[i].max()) for i in batches]  # known before the loop, as in the trainer
-    tokens = sum(lengths[warmup:]) * batch_size
+    rows, picker = Rows([data], tags.pad, device, group=group), torch.Generator().manual_seed(0)
+    batches = [rows.batch(batch_size, picker) for _ in range(warmup + steps)]
+    tokens = sum(int(data.lengths[index].sum()) for data, index, _ in batches[warmup:])
     results = []
     for variant in variants:
         network = DreamNetwork(checkpoint.config)
@@ -54,7 +56,7 @@ def time_steps(model: str, mode: str, batch_size: int, steps: int, warmup: int, 
         autocast = autocast_for(device)
         generator = torch.Generator(device).manual_seed(0)
         started = time.perf_counter()
-        for at, (index, length) in enumerate(zip(batches, lengths)):
+        for at, (data, index, length) in enumerate(batches):
             if at == warmup:
                 _sync(device)
                 timed = time.perf_counter()

@@ -40,6 +40,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the forward pass and the loss (`plandiff bench train-step` times it)
     network: dict = field(default_factory=dict)  # DreamConfig fields (hidden_size, num_hidden_layers, …)
     snapshots: list[int] = field(default_factory=list)  # also write the weights at these steps (output/step-N)
+    group_by_length: int = 8  # batches whose rows are sorted by length together (rows.py); 1: as they come
 
 
 @dataclass
@@ -91,7 +92,8 @@ def train(
     torch.manual_seed(config.seed)
     # The data lives on the device and batches are drawn there, so the GPU never waits on Python;
     # the rows of a batch are picked on the CPU, where their lengths are known without a sync.
-    rows = train_data if isinstance(train_data, Rows) else Rows([train_data], tags.pad, device)
+    rows = train_data if isinstance(train_data, Rows) else Rows([train_data], tags.pad, device,
+                                                                group=config.group_by_length)
     validation_data = validation_data.to(device)
     picker = torch.Generator().manual_seed(config.seed)
     generator = torch.Generator(device).manual_seed(config.seed)
