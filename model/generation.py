@@ -579,6 +579,8 @@ class RequestState:
         return positions
 
     def _stale_positions(self) -> list[int]:
+        if not self._dirty:  # most steps (planning between joins): no pass over the answer
+            return []
         start = 0 if self.options.mode == "diffusion" else self.prompt_length
         return [p for p, r in enumerate(self.layout.region[start:], start) if r in self._dirty]
 
