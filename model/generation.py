@@ -10,9 +10,10 @@ engine can drive many requests through shared forwards; `ModelRuntime.run` drive
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 
@@ -267,6 +268,34 @@ class RequestState:
             return CommitRule(k, [tau] * len(k), [inf] * len(k))
         k = [commit_count(m, step, steps, self._ratios) for m in masked]
         return CommitRule(k, [-inf] * len(k), [tau if self.options.order == "adaptive" else inf] * len(k))
+
+    # ------------------------------------------------------------------ a step ahead
+
+    def ahead(self, forward: Forward) -> Forward | None:
+        """The forward after `forward` (launched, its token not yet chosen) when it can only be the
+        next token's, whatever that token is: plain text (autoregressive mode, or a fallback), a
+        cache to extend, room for one more token; None otherwise. An engine may launch it before
+        `forward` is finished, its input id the step in flight's decision (on the device), packed
+        `with state.reserved()`. A token that ends the answer makes it void (the engine checks
+        `schedule()` against it once `forward` is finished)."""
+        n = len(self.tokens)
+        if (self.phase is not Phase.PLAN or not self._text_only() or not self.options.kv_cache or self._dirty
+                or forward.logit_positions != [n - 1] or n + 1 >= self.max_length):
+            return None
+        return Forward([n], n + 1, [n])
+
+    @contextmanager
+    def reserved(self) -> Iterator[None]:
+        """The next token's place (a placeholder id, the layout key a planning token gets) while a
+        step ahead is packed, then taken back; the token appended later has the same key, so packed
+        copies of the keys stay valid."""
+        self.tokens.append(self.tags.mask)
+        self.layout.append(CAUSAL, self.round.index)
+        try:
+            yield
+        finally:
+            self.tokens.pop()
+            self.layout.retract(len(self.tokens))
 
     # ------------------------------------------------------------------ planning
 

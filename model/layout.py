@@ -49,6 +49,14 @@ class Layout:
         self.region.extend([region] * count)
         self.epoch.extend([epoch] * count)
 
+    def retract(self, length: int) -> None:
+        """Take back appends past `length` whose keys will be appended again unchanged (a step
+        ahead's reserved place, RequestState.reserved): copies of the keys stay valid, so unlike
+        `truncate` this is no new generation."""
+        del self.region[length:]
+        del self.epoch[length:]
+        self._synced = min(self._synced, length)
+
     def truncate(self, length: int) -> None:
         del self.region[length:]
         del self.epoch[length:]

@@ -9,6 +9,7 @@ workers' engine (workers/engine.py) steps whatever its scheduler picks. It lives
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +47,12 @@ class Launched:
     logits: list[torch.Tensor]  # each forward's logit rows (device)
     groups: list[tuple[list[int], torch.Tensor]]  # each decision group's members and decisions (device)
     lap: _Laps
+    # every group's decisions, flat, on their way to the host (pinned, copied without waiting) and
+    # the event that says they are there (None off CUDA): a later step queued behind this one is
+    # not waited for
+    values: torch.Tensor | None = None
+    ready: torch.cuda.Event | None = None
+    dropped: set[int] = field(default_factory=set)  # requests not to advance (a void step ahead's)
 
 
 class ModelRunner:
@@ -88,29 +95,61 @@ class ModelRunner:
         each advance raised (a malformed plan with on_malformed_plan="raise", …), or None."""
         return self.finish(self.launch(seqs, forwards))
 
-    def launch(self, seqs: list[Sequence], forwards: list[Forward] | None = None) -> Launched:
+    def launch(self, seqs: list[Sequence], forwards: list[Forward] | None = None,
+               feed: torch.Tensor | None = None) -> Launched:
         """Queue the step's forward and its batched decisions on the device, without waiting for
         them: the host is free until `finish` (a worker hands the previous step's events over
         meanwhile). Nothing here waits for this step's work (host-to-device copies of its inputs
-        wait only for earlier steps), but benchmark laps do."""
+        wait only for earlier steps), but benchmark laps do. `feed`: the input ids of the step's
+        one-token forwards, on the device (launch_ahead)."""
         lap = _Laps(self.timings, self.network.device)
         forwards = forwards or [s.state.schedule() for s in seqs]
         for seq, forward in zip(seqs, forwards):
             if forward.fresh_cache:
                 self.pool.zero(seq.blocks)
         groups = self._groups(seqs, forwards)
-        logits, decided = self._forward(seqs, forwards, lap, groups)
+        logits, decided = self._forward(seqs, forwards, lap, groups, feed)
         self.forwards += 1
         lap("device", sync=True)
         if decided is None:
             decided = self._decide(seqs, forwards, logits, groups)
-        return Launched(seqs, forwards, logits, decided, lap)
+        step = Launched(seqs, forwards, logits, decided, lap)
+        if decided:
+            flat = torch.cat([d.flatten() for _, d in decided])
+            if flat.is_cuda:
+                step.values = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+                step.values.copy_(flat, non_blocking=True)
+                step.ready = torch.cuda.Event()
+                step.ready.record()
+            else:
+                step.values = flat
+        return step
+
+    def launch_ahead(self, step: Launched) -> Launched | None:
+        """The step after `step`, queued while `step` is still in flight, when it can only be the
+        next token of each of its requests (RequestState.ahead) and `step` decides those tokens in
+        one planning group, in the requests' order: they are the new step's input ids on the
+        device, so the host packs and queues it while the device computes `step`. None when it
+        cannot be known yet. The requests whose token ends their answer are dropped from it once
+        `step` is finished (`dropped`: not advanced)."""
+        if (step.dropped or len(step.groups) != 1 or step.groups[0][1].dim() != 1
+                or step.groups[0][0] != list(range(len(step.seqs)))):
+            return None
+        forwards = [s.state.ahead(f) for s, f in zip(step.seqs, step.forwards)]
+        if None in forwards or any(f.key_length > len(s.slot_list) for s, f in zip(step.seqs, forwards)):
+            return None
+        with ExitStack() as places:
+            for seq in step.seqs:
+                places.enter_context(seq.state.reserved())
+            return self.launch(step.seqs, forwards, feed=step.groups[0][1])
 
     def finish(self, step: Launched) -> list[Exception | None]:
         """Wait for a launched step's decisions (one transfer) and advance each request with them."""
         decisions: list = [None] * len(step.seqs)
         if step.groups:
-            values = torch.cat([d.flatten() for _, d in step.groups]).tolist()
+            if step.ready is not None:
+                step.ready.synchronize()
+            values = step.values.tolist()
             start = 0
             for members, d in step.groups:
                 if d.dim() == 1:  # planning tokens, one per member
@@ -128,7 +167,10 @@ class ModelRunner:
                     first = end
         step.lap("decide")
         errors: list[Exception | None] = []
-        for seq, forward, rows, decision in zip(step.seqs, step.forwards, step.logits, decisions):
+        for i, (seq, forward, rows, decision) in enumerate(zip(step.seqs, step.forwards, step.logits, decisions)):
+            if i in step.dropped:
+                errors.append(None)
+                continue
             try:
                 seq.state.advance(forward, rows, decision)
                 errors.append(None)
@@ -174,9 +216,11 @@ class ModelRunner:
         return self._forward(seqs, forwards, lap or _Laps(None, self.network.device))[0]
 
     def _forward(self, seqs: list[Sequence], forwards: list[Forward], lap: _Laps,
-                 groups: dict[tuple, list[int]] | None = None) -> tuple[list[torch.Tensor], list | None]:
+                 groups: dict[tuple, list[int]] | None = None,
+                 feed: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list | None]:
         """The logits (`forward`), and the decisions (as `_decide` gives them) when a CUDA graph made
-        them: a small step whose logit rows all belong to one greedy decision group."""
+        them: a small step whose logit rows all belong to one greedy decision group. `feed`: the
+        input ids of one-token forwards, one per request, on the device (launch)."""
         shape = GraphShape.of(forwards, self._graph_decision(forwards, groups)) if self.cuda_graphs else None
         if shape is not None:
             group = next(iter(groups)) if shape.decision is not None else None  # the graph decides for it
@@ -187,14 +231,16 @@ class ModelRunner:
             banned = None if group is None else banned_mask(group[-1], self.network.config.vocab_size,
                                                             self.network.device)
             try:
-                logits, decided = self._graphs.run(shape, buffer, banned)
+                logits, decided = self._graphs.run(shape, buffer, banned, feed)
             except RuntimeError as err:  # a capture this torch build refuses: stay eager, and say why
                 self.cuda_graphs, self.graph_error = False, f"{type(err).__name__}: {err}"[:500]
-                return self._forward(seqs, forwards, lap, groups)
+                return self._forward(seqs, forwards, lap, groups, feed)
             rows = sum(counts)
             logits = list(torch.split(logits[:rows], counts))
             return logits, None if decided is None else [(members, decided[..., :rows])]
         batch, logit_rows, counts = self._pack(seqs, forwards)
+        if feed is not None:  # one position per request, in the requests' order
+            batch.input_ids[: len(feed)] = feed
         lap("pack")
         hidden = self.network.forward_packed(batch, self.pool)
         logits = self.network.logits(hidden[logit_rows])

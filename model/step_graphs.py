@@ -185,22 +185,28 @@ class StepGraphs:
         # per shape: the graph, its input buffer, its outputs (logits, decisions or None)
         self.graphs: dict[GraphShape, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}
         self.capture_seconds = 0.0  # spent capturing (warm-up forwards included)
-        self.buffers: dict[GraphShape, StepBuffer] = {}  # each shape's step buffer, kept (pinned) across its steps
+        # each shape's two step buffers (pinned), kept across its steps and taken in turn
+        self.buffers: dict[GraphShape, list[StepBuffer]] = {}
         # the banned-token mask of the step being replayed (one for every graph: replays are in order)
         self.banned = torch.zeros(network.config.vocab_size, dtype=torch.bool, device=network.device)
 
     def step_buffer(self, shape: GraphShape, scratch: int) -> StepBuffer:
-        """The shape's step buffer (pack_padded). Packing a step rewrites it, so the previous step's
-        copy to the device must be done by then: a step is finished before the next is packed."""
+        """A step buffer of the shape to pack the next step into (pack_padded). Packing rewrites it
+        while the device may not have copied the step before yet (a step ahead is packed while its
+        predecessor is in flight: ModelRunner.launch_ahead), so a shape's steps take two buffers in
+        turn; the one packed two steps ago was copied before that step ran, and it has finished."""
         if shape not in self.buffers:
-            self.buffers[shape] = StepBuffer(shape, scratch, pinned=True)
-        return self.buffers[shape]
+            self.buffers[shape] = [StepBuffer(shape, scratch, pinned=True) for _ in range(2)]
+        pair = self.buffers[shape]
+        pair.reverse()
+        return pair[0]
 
-    def run(self, shape: GraphShape, buffer: torch.Tensor,
-            banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def run(self, shape: GraphShape, buffer: torch.Tensor, banned: torch.Tensor | None = None,
+            feed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The logits of the step whose host `buffer` is given, and its decisions when the shape
         has them (`banned`: the group's [vocab] mask on the device), copied out of the graph's
-        output. Raises RuntimeError when this torch build refuses the capture."""
+        output. `feed`: the input ids of its requests (one query row each), on the device, in
+        place of the buffer's. Raises RuntimeError when this torch build refuses the capture."""
         if banned is not None:
             self.banned.copy_(banned, non_blocking=True)
         if shape not in self.graphs:
@@ -209,6 +215,9 @@ class StepGraphs:
             self.capture_seconds += time.perf_counter() - started
         graph, device_buffer, (logits, decided) = self.graphs[shape]
         device_buffer.copy_(buffer.pin_memory(), non_blocking=True)  # a kept buffer is pinned already
+        if feed is not None:
+            assert shape.width == 1, "fed ids are one per request"
+            device_buffer[: len(feed)] = feed
         graph.replay()
         return logits.clone(), None if decided is None else decided.clone()
 

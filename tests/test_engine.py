@@ -44,9 +44,10 @@ def alone(runtime, prompt, plan, options):
 
 
 def batched(runtime, cases, join_at, abort_at):
-    """All cases through one engine: those in `join_at` added at that step, the extra request
-    `abort_at` names aborted at that step, both while the step is in flight (between the engine's
-    launch and finish, as a worker does); each request's events, drained step by step."""
+    """All cases through one engine, driven as a worker drives it (the next step launched ahead
+    when it can be): those in `join_at` added at that step, the extra request `abort_at` names
+    aborted at that step, both while steps are in flight (between launch and finish); each
+    request's events, drained step by step."""
     engine = Engine(runtime.runner, max_tokens_per_step=64, max_requests=6, max_logit_rows_per_step=40)
     pool = runtime.runner.pool
     held_before = pool.blocks - len(pool.free_blocks)  # on CUDA, the padding rows' scratch block
@@ -59,8 +60,10 @@ def batched(runtime, cases, join_at, abort_at):
     victim = runtime.new_state(runtime.encode_prompt("victim"), GenerationOptions(), runtime.encode_plan(PLAN))
     engine.add("victim", victim)
     step = 0
-    while pending or engine.has_work():
-        launched = engine.launch()
+    while pending or engine.has_work() or engine.in_flight:
+        launched = engine.in_flight or engine.launch()
+        if launched:
+            engine.launch_ahead()
         for when, i in [p for p in pending if p[0] <= step]:
             engine.add(str(i), states[i])
             pending.remove((when, i))
@@ -74,6 +77,7 @@ def batched(runtime, cases, join_at, abort_at):
     assert victim.phase is not Phase.DONE  # it was cut off midway
     assert engine.stats()["running"] == engine.stats()["waiting"] == engine.stats()["kv_cache_bytes"] == 0
     assert pool.blocks - len(pool.free_blocks) == held_before
+    batched.engine = engine
     return states, events, engine.steps
 
 
@@ -110,6 +114,28 @@ def test_batching_changes_nothing_chosen_plans(demo):
     for i, state in states.items():
         assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
     assert solo[1].replans > 0 and solo[2].retries > 0  # overflow handling was exercised
+
+
+def test_steps_launched_ahead_change_nothing(compact, demo):
+    """Autoregressive requests alone in the engine: each step after the first is launched while the
+    one before is in flight, its input ids that step's decisions on the device. Requests join and one
+    is aborted meanwhile (no step goes ahead while a joiner waits for its prefill), and the demo
+    model ends its answers with an end token, which makes the step ahead of it void."""
+    cases = [(p, None, GenerationOptions(mode="autoregressive", max_new_tokens=n))
+             for p, n in (("a", 9), ("bb", 30), ("c", 17), ("dd", 4), ("e", 25))]
+    solo = [alone(compact, *case) for case in cases]
+    states, events, _ = batched(compact, cases, join_at={2: 3, 4: 9}, abort_at=5)
+    for i, state in states.items():
+        assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
+    assert batched.engine.steps_ahead > 20
+    cases = [(PEOPLE.replace("Maya", name), None, GenerationOptions(mode="autoregressive", max_new_tokens=200))
+             for name in ("Maya", "Ana", "Iris")]
+    solo = [alone(demo, *case) for case in cases]
+    states, events, _ = batched(demo, cases, join_at={1: 2}, abort_at=3)
+    for i, state in states.items():
+        assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
+        assert state.finish_reason == "end"
+    assert batched.engine.steps_ahead > 5 and batched.engine.dropped_ahead >= 1
 
 
 def test_a_request_aborted_in_flight_leaves_at_once(compact):

@@ -5,7 +5,9 @@
 
 `step()` is `launch()` (schedule, queue the forward and decisions on the device) then `finish()`
 (wait, advance, events); a caller with other host work does it between the two, while the
-device computes.
+device computes. `launch_ahead()` queues the step after the one in flight when that step can only
+be the next token of each of its requests (autoregressive decoding): the host packs it while the
+device computes, and the device does not wait for the host between the two.
 
 Continuous batching: a request joins at any step (once admitted, scheduler.py) and leaves the
 moment it finishes, fails or is aborted, freeing its KV memory for the next waiting request.
@@ -14,6 +16,7 @@ moment it finishes, fails or is aborted, freeing its KV memory for the next wait
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from plandiff.model.events import RequestEvent
@@ -42,7 +45,9 @@ class Engine:
         self.runner = runner
         self.scheduler = Scheduler(runner, max_tokens_per_step, max_requests, max_logit_rows_per_step)
         self.last_step: list[tuple] = []
-        self._in_flight: tuple[list[Entry], Launched] | None = None
+        self._in_flight: deque[tuple[list[Entry], Launched]] = deque()  # launched, oldest first (two at most)
+        self.steps_ahead = 0  # steps launched ahead (launch_ahead)
+        self.dropped_ahead = 0  # requests dropped from them: their last token ended them
 
     def add(self, request_id: str, state: RequestState, paused: bool = False) -> None:
         if request_id in self.scheduler.running or any(e.request_id == request_id for e in self.scheduler.waiting):
@@ -67,6 +72,10 @@ class Engine:
     def steps(self) -> int:
         return self.scheduler.steps
 
+    @property
+    def in_flight(self) -> bool:
+        return bool(self._in_flight)
+
     def has_work(self) -> bool:
         s = self.scheduler
         return any(not e.paused for e in s.running.values()) or any(not e.paused for e in s.waiting)
@@ -79,7 +88,7 @@ class Engine:
         """Schedule the next step and queue its forward on the device (ModelRunner.launch); False
         when no request is ready. Until `finish`, the host may do other work (a worker hands the
         previous step's events to their streams) and requests may join, pause or leave."""
-        if self._in_flight is not None:
+        if self._in_flight:
             raise RuntimeError("a step is already in flight: finish it first")
         started = time.perf_counter()
         entries, forwards = self.scheduler.schedule()
@@ -87,24 +96,55 @@ class Engine:
         if not entries:
             return False
         scheduling = time.perf_counter() - started
-        self._in_flight = entries, self.runner.launch([e.seq for e in entries], forwards)
+        self._in_flight.append((entries, self.runner.launch([e.seq for e in entries], forwards)))
         if self.runner.timings:  # the runner timed its phases of this step
             self.runner.timings[-1]["schedule"] = scheduling
         return True
 
+    def launch_ahead(self) -> bool:
+        """While one step is in flight, queue the next one when it can only be the next token of
+        each of its requests (ModelRunner.launch_ahead) and no other request is ready to step (it
+        would wait while steps go on ahead); False otherwise."""
+        if len(self._in_flight) != 1:
+            return False
+        entries, step = self._in_flight[0]
+        members = {e.request_id for e in entries}
+        running = self.scheduler.running.values()
+        if (any(e.paused or self.scheduler.running.get(e.request_id) is not e for e in entries)
+                or any(not e.paused and e.request_id not in members for e in running)):
+            return False
+        ahead = self.runner.launch_ahead(step)
+        if ahead is None:
+            return False
+        for entry in entries:
+            entry.last_step = self.scheduler.steps
+        self.scheduler.steps += 1
+        self.steps_ahead += 1
+        self._in_flight.append((entries, ahead))
+        return True
+
     def finish(self) -> list[StepOutput]:
-        """Wait for the launched step and advance its requests; the events of those still in the
-        engine (one aborted meanwhile has left: its memory was freed, its results are dropped)."""
-        (entries, launched), self._in_flight = self._in_flight, None
+        """Wait for the oldest launched step and advance its requests; the events of those still in
+        the engine (one aborted meanwhile has left: its memory was freed, its results are dropped).
+        A step launched ahead keeps only the requests whose next forward is the one it computes."""
+        entries, launched = self._in_flight.popleft()
         errors = self.runner.finish(launched)
         outputs = []
-        for entry, error in zip(entries, errors):
-            if self.scheduler.running.get(entry.request_id) is not entry:
+        for i, (entry, error) in enumerate(zip(entries, errors)):
+            if i in launched.dropped or self.scheduler.running.get(entry.request_id) is not entry:
                 continue
             output = StepOutput(entry.request_id, entry.state, entry.state.drain(), error)
             if output.finished:
                 self.scheduler.remove(entry.request_id)
             outputs.append(output)
+        if self._in_flight:
+            entries, ahead = self._in_flight[0]
+            for i, (entry, forward) in enumerate(zip(entries, ahead.forwards)):
+                state = entry.state
+                if (self.scheduler.running.get(entry.request_id) is not entry or state.phase is not Phase.PLAN
+                        or state.schedule() != forward):
+                    ahead.dropped.add(i)
+                    self.dropped_ahead += 1
         return outputs
 
     def run(self, states: dict[str, RequestState]) -> dict[str, RequestState]:

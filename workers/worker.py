@@ -9,7 +9,9 @@ phases in one streaming call, for callers with nothing to decide between phases.
 
 One drive task per event loop steps the engine while any phase runs and hands each request's events
 to its stream; it gives the loop a turn while each step computes on the device, so requests join,
-cancel and read the previous step's events between forwards at no cost to the device.
+cancel and read the previous step's events between forwards at no cost to the device. When the
+next step can only be the next token of each request (autoregressive decoding), it is queued before
+the one in flight is finished (Engine.launch_ahead): the device does not wait for the host between them.
 """
 
 from __future__ import annotations
@@ -145,8 +147,9 @@ class Worker:
 
     async def _drive(self) -> None:
         """Step the engine while any phase runs; route each request's events to its stream. The
-        loop's turn comes while the device computes: each step is launched, then the streams
-        take the previous step's events, then the step is finished."""
+        loop's turn comes while the device computes: each step is launched (unless it was launched
+        ahead), the next one too if it can be (Engine.launch_ahead), then the streams take the
+        previous step's events, then the oldest step is finished."""
         while True:
             for request_id, slot in list(self.slots.items()):
                 if slot.phases and slot.cancelled:
@@ -157,7 +160,9 @@ class Worker:
                 return
             began, queued, resumed = time.perf_counter(), None, None
             try:
-                launched = self.engine.launch()
+                launched = self.engine.in_flight or self.engine.launch()
+                if launched:
+                    self.engine.launch_ahead()
                 queued = time.perf_counter()
                 await asyncio.sleep(0 if launched else IDLE_WAIT)
                 resumed = time.perf_counter()
