@@ -163,13 +163,14 @@ def test_a_request_aborted_in_flight_leaves_at_once(compact):
 
 
 def test_a_full_pool_makes_requests_wait(compact):
-    from plandiff.model.kv_pool import KVPool
+    from plandiff.model.kv_pool import BLOCK, KVPool
     from plandiff.model.model_runner import ModelRunner
 
     options = GenerationOptions(max_new_tokens=100)
     prompt = compact.encode_prompt("x")
     room = len(prompt) + 100
-    runner = ModelRunner(compact.network, KVPool(compact.network.config, "cpu", compact.network.dtype, 2 * room + 16))
+    network = compact.network  # room for two requests (and, on CUDA, the padding rows' scratch block)
+    runner = ModelRunner(network, KVPool(network.config, network.device, network.dtype, 2 * room + 16 + BLOCK))
     engine = Engine(runner)
     states = {str(i): compact.new_state(prompt, options, compact.encode_plan(SHORT)) for i in range(3)}
     for rid, state in states.items():
