@@ -72,8 +72,8 @@ def add_bench(sub) -> None:
     t.add_argument("--warmup", type=int, default=10, help="untimed steps first (compiling happens there)")
     t.add_argument("--variants", default="eager,compiled", help="comma-separated: eager, compiled")
     t.add_argument("--device", default=None, help="default: cuda if available")
-    t.add_argument("--group-by-length", type=int, default=8, help="batches whose rows are sorted by length "
-                                                                  "together, as training draws them (1: none)")
+    t.add_argument("--group-by-length", type=int, default=1, help="batches whose rows are sorted by length "
+                                                                  "together, as a recipe's group_by_length draws them")
 
 
 def run_bench(args) -> int:
@@ -130,8 +130,9 @@ def run_train_step(args) -> int:
                                   "--group-by-length ≥ 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = torch_device_name(device) if device.startswith("cuda") else "cpu"
-    print(f"{args.model}, mode {args.mode}, batch {args.batch_size} (grouped by length over "
-          f"{args.group_by_length}), {args.steps} timed steps after {args.warmup}, {name}, torch {torch.__version__}")
+    grouped = f" grouped by length over {args.group_by_length} batches" if args.group_by_length > 1 else ""
+    print(f"{args.model}, mode {args.mode}, batch {args.batch_size}{grouped}, {args.steps} timed steps after "
+          f"{args.warmup}, {name}, torch {torch.__version__}")
     print(f"{'variant':10s} {'ms/step':>8s} {'warmup s':>9s} {'tokens/s':>10s} {'loss':>7s}")
     results = time_steps(args.model, args.mode, args.batch_size, args.steps, args.warmup, device, variants,
                          args.group_by_length)

@@ -125,8 +125,8 @@ class TrainSettings(BaseModel):
     init: str | None = None
     compile: bool = False
     snapshots: list[int] = Field(default_factory=list, description="steps whose weights are also written to output/step-N")
-    group_by_length: int = Field(8, ge=1, description="batches whose rows are sorted by length together, so a "
-                                 "batch pads little (1: the stream's order)")
+    group_by_length: int = Field(1, ge=1, description="batches whose rows are sorted by length together, so a "
+                                 "batch pads little (1: the stream's order; docs/training.md says what it gains)")
     device: str | None = None
     network: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)

@@ -238,7 +238,7 @@ def test_padded_steps_give_the_same_logits(compact):
     from plandiff.model.model_runner import ModelRunner
     from plandiff.model.step_graphs import GraphShape, StepBuffer, pack_padded, padded_forward
 
-    runner = ModelRunner(compact.network, KVPool(compact.network.config, "cpu", compact.network.dtype, 8192))
+    runner = ModelRunner(compact.network, KVPool(compact.network.config, compact.network.device, compact.network.dtype, 8192))
     scratch = runner.pool.allocate(16)[0] * 16
     cases = [("a", None, GenerationOptions(mode="autoregressive", max_new_tokens=8)),
              ("bbb", PLAN, GenerationOptions()), ("cc", SHORT, GenerationOptions(dense=True, max_new_tokens=12))]
@@ -254,7 +254,7 @@ def test_padded_steps_give_the_same_logits(compact):
             padded_steps += len(live) < shape.count and max(len(f.positions) for f in forwards) < shape.width
             unpadded = runner.forward(live, forwards)
             buffer, counts = pack_padded(live, forwards, StepBuffer(shape, scratch))
-            padded, _ = padded_forward(compact.network, runner.pool, buffer, shape)
+            padded, _ = padded_forward(compact.network, runner.pool, buffer.to(compact.network.device), shape)
             assert counts == [len(f.logit_positions) for f in forwards]
             torch.testing.assert_close(torch.cat(unpadded), padded[: sum(counts)], rtol=1e-5, atol=1e-4)
         runner.step(live, forwards)
@@ -271,7 +271,7 @@ def test_kept_step_buffers_hold_what_fresh_ones_do(compact):
     from plandiff.model.model_runner import ModelRunner
     from plandiff.model.step_graphs import FIELDS, GraphShape, StepBuffer, pack_padded
 
-    runner = ModelRunner(compact.network, KVPool(compact.network.config, "cpu", compact.network.dtype, 16384))
+    runner = ModelRunner(compact.network, KVPool(compact.network.config, compact.network.device, compact.network.dtype, 16384))
     scratch = runner.pool.allocate(16)[0] * 16
     cases = [FORCED[i] for i in (5, 6, 7, 9, 0)]  # AR, retries, diffusion-only, chosen plan, forced plan
     waiting = [runner.admit(compact.new_state(compact.encode_prompt(p), o, compact.encode_plan(plan) if plan else None))
@@ -312,7 +312,7 @@ def test_padded_steps_decide_as_the_eager_decision(compact):
     from plandiff.model.model_runner import ModelRunner
     from plandiff.model.step_graphs import GraphShape, StepBuffer, pack_padded, padded_forward
 
-    runner = ModelRunner(compact.network, KVPool(compact.network.config, "cpu", compact.network.dtype, 16384))
+    runner = ModelRunner(compact.network, KVPool(compact.network.config, compact.network.device, compact.network.dtype, 16384))
     scratch = runner.pool.allocate(16)[0] * 16
     vocab = compact.network.config.vocab_size
     decided = set()
@@ -333,7 +333,9 @@ def test_padded_steps_decide_as_the_eager_decision(compact):
                 (group, members), = groups.items()
                 segments, rule = runner._rule(live, forwards, members) if shape.rules else (None, None)
                 buffer, counts = pack_padded(live, forwards, StepBuffer(shape, scratch), segments, rule)
-                logits, made = padded_forward(compact.network, runner.pool, buffer, shape, banned_mask(group[-1], vocab, "cpu"))
+                device = compact.network.device
+                logits, made = padded_forward(compact.network, runner.pool, buffer.to(device), shape,
+                                              banned_mask(group[-1], vocab, device))
                 rows = sum(counts)
                 eager = decide(group, logits[:rows], segments, rule)
                 assert torch.equal(made[..., :rows], eager), (group, counts)

@@ -36,7 +36,7 @@ class StepTiming:
 
 
 def time_steps(model: str, mode: str, batch_size: int, steps: int, warmup: int, device: str,
-               variants: list[str], group: int = 8) -> list[StepTiming]:
+               variants: list[str], group: int = 1) -> list[StepTiming]:
     checkpoint = load_checkpoint(model, dtype="float32")
     tokenizer = checkpoint.tokenizer
     tags = TagVocabulary.from_tokenizer(tokenizer)

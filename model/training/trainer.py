@@ -40,7 +40,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the forward pass and the loss (`plandiff bench train-step` times it)
     network: dict = field(default_factory=dict)  # DreamConfig fields (hidden_size, num_hidden_layers, …)
     snapshots: list[int] = field(default_factory=list)  # also write the weights at these steps (output/step-N)
-    group_by_length: int = 8  # batches whose rows are sorted by length together (rows.py); 1: as they come
+    group_by_length: int = 1  # batches whose rows are sorted by length together (rows.py); 1: as they come
 
 
 @dataclass
