@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from .errors import PromptTooLongError
 from .decisions import CommitRule, banned_mask, decide
-from .generation import Forward, RequestState
+from .generation import Forward, Phase, RequestState
 from .kv_pool import BLOCK, KVPool, blocks_for, slot_map
 from .layout import PADDING
 from .network import DreamNetwork, PackedBatch
@@ -68,6 +68,9 @@ class ModelRunner:
         self._graphs = StepGraphs(network, self.pool) if on_cuda else None
         # padding rows of a padded step write here (never read unmasked)
         self._scratch = self.pool.allocate(BLOCK)[0] * BLOCK if on_cuda else 0
+        # launch_ahead: only where the device computes while the host works (on the CPU a step
+        # launched ahead is computed at once, and one whose token ends an answer is wasted)
+        self.ahead = on_cuda
         # A list to time every step's phases into (one dict of seconds per step: pack, device,
         # decide, advance; benchmarks only: it waits for the device after the forward)
         self.timings: list[dict[str, float]] | None = None
@@ -130,9 +133,9 @@ class ModelRunner:
         next token of each of its requests (RequestState.ahead) and `step` decides those tokens in
         one planning group, in the requests' order: they are the new step's input ids on the
         device, so the host packs and queues it while the device computes `step`. None when it
-        cannot be known yet. The requests whose token ends their answer are dropped from it once
-        `step` is finished (`dropped`: not advanced)."""
-        if (step.dropped or len(step.groups) != 1 or step.groups[0][1].dim() != 1
+        cannot be known yet. Once `step` is finished, `void_ahead` drops the requests whose token
+        ended their answer (not advanced)."""
+        if (not self.ahead or step.dropped or len(step.groups) != 1 or step.groups[0][1].dim() != 1
                 or step.groups[0][0] != list(range(len(step.seqs)))):
             return None
         forwards = [s.state.ahead(f) for s, f in zip(step.seqs, step.forwards)]
@@ -142,6 +145,15 @@ class ModelRunner:
             for seq in step.seqs:
                 places.enter_context(seq.state.reserved())
             return self.launch(step.seqs, forwards, feed=step.groups[0][1])
+
+    @staticmethod
+    def void_ahead(ahead: Launched) -> int:
+        """Drop from a step launched ahead, once the step before it is finished, each request whose
+        next forward is not the one it computes (its last token ended it); how many."""
+        for i, (seq, forward) in enumerate(zip(ahead.seqs, ahead.forwards)):
+            if seq.state.phase is not Phase.PLAN or seq.state.schedule() != forward:
+                ahead.dropped.add(i)
+        return len(ahead.dropped)
 
     def finish(self, step: Launched) -> list[Exception | None]:
         """Wait for a launched step's decisions (one transfer) and advance each request with them."""

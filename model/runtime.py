@@ -72,10 +72,15 @@ class ModelRuntime:
         if seq is None:
             raise RuntimeError("the KV pool is held by other requests; drive concurrent requests through an engine")
         try:
-            while state.phase is not Phase.DONE:
-                error, = self.runner.step([seq])
+            step = self.runner.launch([seq])
+            while True:  # the next token's step launched ahead where it can be (ModelRunner.launch_ahead)
+                ahead = self.runner.launch_ahead(step)
+                error, = self.runner.finish(step)
                 if error is not None:
                     raise error
+                if state.phase is Phase.DONE:
+                    break
+                step = ahead if ahead is not None and not self.runner.void_ahead(ahead) else self.runner.launch([seq])
         finally:
             self.runner.release(seq)
         return state

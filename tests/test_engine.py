@@ -117,25 +117,32 @@ def test_batching_changes_nothing_chosen_plans(demo):
 
 
 def test_steps_launched_ahead_change_nothing(compact, demo):
-    """Autoregressive requests alone in the engine: each step after the first is launched while the
-    one before is in flight, its input ids that step's decisions on the device. Requests join and one
-    is aborted meanwhile (no step goes ahead while a joiner waits for its prefill), and the demo
-    model ends its answers with an end token, which makes the step ahead of it void."""
+    """Autoregressive requests alone in the engine (and alone through ModelRuntime.run): each step
+    after the first is launched while the one before is in flight, its input ids that step's
+    decisions on the device. Requests join and one is aborted meanwhile (no step goes ahead while a
+    joiner waits for its prefill), and the demo model ends its answers with an end token, which
+    makes the step ahead of it void. Off on the CPU by default (nothing to overlap): on here."""
     cases = [(p, None, GenerationOptions(mode="autoregressive", max_new_tokens=n))
              for p, n in (("a", 9), ("bb", 30), ("c", 17), ("dd", 4), ("e", 25))]
     solo = [alone(compact, *case) for case in cases]
-    states, events, _ = batched(compact, cases, join_at={2: 3, 4: 9}, abort_at=5)
-    for i, state in states.items():
-        assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
-    assert batched.engine.steps_ahead > 20
-    cases = [(PEOPLE.replace("Maya", name), None, GenerationOptions(mode="autoregressive", max_new_tokens=200))
-             for name in ("Maya", "Ana", "Iris")]
-    solo = [alone(demo, *case) for case in cases]
-    states, events, _ = batched(demo, cases, join_at={1: 2}, abort_at=3)
-    for i, state in states.items():
-        assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
-        assert state.finish_reason == "end"
-    assert batched.engine.steps_ahead > 5 and batched.engine.dropped_ahead >= 1
+    compact.runner.ahead = demo.runner.ahead = True  # on by default where the device computes apart: CUDA
+    try:
+        states, events, _ = batched(compact, cases, join_at={2: 3, 4: 9}, abort_at=5)
+        for i, state in states.items():
+            assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
+        assert batched.engine.steps_ahead > 20
+        assert alone(compact, *cases[1]).tokens == solo[1].tokens  # ModelRuntime.run launches ahead too
+        cases = [(PEOPLE.replace("Maya", name), None, GenerationOptions(mode="autoregressive", max_new_tokens=200))
+                 for name in ("Maya", "Ana", "Iris")]
+        solo = [alone(demo, *case) for case in cases]
+        states, events, _ = batched(demo, cases, join_at={1: 2}, abort_at=3)
+        for i, state in states.items():
+            assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
+            assert state.finish_reason == "end"
+        assert batched.engine.steps_ahead > 5 and batched.engine.dropped_ahead >= 1
+        assert alone(demo, *cases[0]).tokens == solo[0].tokens
+    finally:
+        compact.runner.ahead = demo.runner.ahead = compact.network.device.type == "cuda"
 
 
 def test_a_request_aborted_in_flight_leaves_at_once(compact):

@@ -47,7 +47,7 @@ class Engine:
         self.last_step: list[tuple] = []
         self._in_flight: deque[tuple[list[Entry], Launched]] = deque()  # launched, oldest first (two at most)
         self.steps_ahead = 0  # steps launched ahead (launch_ahead)
-        self.dropped_ahead = 0  # requests dropped from them: their last token ended them
+        self.dropped_ahead = 0  # requests dropped from them: ended by their last token, or aborted
 
     def add(self, request_id: str, state: RequestState, paused: bool = False) -> None:
         if request_id in self.scheduler.running or any(e.request_id == request_id for e in self.scheduler.waiting):
@@ -137,14 +137,10 @@ class Engine:
             if output.finished:
                 self.scheduler.remove(entry.request_id)
             outputs.append(output)
-        if self._in_flight:
+        if self._in_flight:  # the step ahead: without those aborted or ended meanwhile
             entries, ahead = self._in_flight[0]
-            for i, (entry, forward) in enumerate(zip(entries, ahead.forwards)):
-                state = entry.state
-                if (self.scheduler.running.get(entry.request_id) is not entry or state.phase is not Phase.PLAN
-                        or state.schedule() != forward):
-                    ahead.dropped.add(i)
-                    self.dropped_ahead += 1
+            ahead.dropped.update(i for i, e in enumerate(entries) if self.scheduler.running.get(e.request_id) is not e)
+            self.dropped_ahead += self.runner.void_ahead(ahead)
         return outputs
 
     def run(self, states: dict[str, RequestState]) -> dict[str, RequestState]:
