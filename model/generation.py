@@ -276,8 +276,8 @@ class RequestState:
         next token's, whatever that token is: plain text (autoregressive mode, or a fallback), a
         cache to extend, room for one more token; None otherwise. An engine may launch it before
         `forward` is finished, its input id the step in flight's decision (on the device), packed
-        `with state.reserved()`. A token that ends the answer makes it void (the engine checks
-        `schedule()` against it once `forward` is finished)."""
+        `with state.reserved()`. A token that ends the answer makes it void (ModelRunner.void_ahead
+        checks `schedule()` against it once `forward` is finished)."""
         n = len(self.tokens)
         if (self.phase is not Phase.PLAN or not self._text_only() or not self.options.kv_cache or self._dirty
                 or forward.logit_positions != [n - 1] or n + 1 >= self.max_length):

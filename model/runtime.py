@@ -80,7 +80,10 @@ class ModelRuntime:
                     raise error
                 if state.phase is Phase.DONE:
                     break
-                step = ahead if ahead is not None and not self.runner.void_ahead(ahead) else self.runner.launch([seq])
+                if ahead is not None and self.runner.void_ahead(ahead):
+                    self.runner.finish(ahead)  # nothing to advance; waited for, so its step buffer is free
+                    ahead = None
+                step = ahead or self.runner.launch([seq])
         finally:
             self.runner.release(seq)
         return state

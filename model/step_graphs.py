@@ -194,7 +194,8 @@ class StepGraphs:
         """A step buffer of the shape to pack the next step into (pack_padded). Packing rewrites it
         while the device may not have copied the step before yet (a step ahead is packed while its
         predecessor is in flight: ModelRunner.launch_ahead), so a shape's steps take two buffers in
-        turn; the one packed two steps ago was copied before that step ran, and it has finished."""
+        turn: a step is packed while at most one other is unfinished, so the step packed into the
+        other buffer before has been waited for, its copy with it."""
         if shape not in self.buffers:
             self.buffers[shape] = [StepBuffer(shape, scratch, pinned=True) for _ in range(2)]
         pair = self.buffers[shape]

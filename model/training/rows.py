@@ -14,7 +14,8 @@ computes mostly padding (attention, quadratic, even more). Each window of `group
 (the next group × B of the stream, or of a later pass's shuffle) is sorted by length, cut into
 batches, and those are taken in an order seeded by the window's lengths: every row is still used
 once per pass, the same windows give the same batches in the same order, and a run that skips k
-batches, k a multiple of `group`, gets the batches its twin got after step k.
+batches, k a multiple of `group`, gets the batches its twin got after step k. Off by default: it
+makes a compiled step slower so far (docs/training.md).
 """
 
 from __future__ import annotations
