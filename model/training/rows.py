@@ -14,8 +14,11 @@ computes mostly padding (attention, quadratic, even more). Each window of `group
 (the next group × B of the stream, or of a later pass's shuffle) is sorted by length, cut into
 batches, and those are taken in an order seeded by the window's lengths: every row is still used
 once per pass, the same windows give the same batches in the same order, and a run that skips k
-batches, k a multiple of `group`, gets the batches its twin got after step k. Off by default: it
-makes a compiled step slower so far (docs/training.md).
+batches, k a multiple of `group`, gets the batches its twin got after step k. Grouped batches are
+padded to a multiple of `LENGTH_STEP` tokens: sorted batches come in nearly as many lengths as
+there are batches, and every new length is a new shape for the compiled step and the attention
+kernel's plan (72 batches of 256 of the task: 54 lengths grouped, 7 rounded, 32 in stream order).
+Off by default: a compiled step measured slower grouped, before the rounding (docs/training.md).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import Iterable
 import torch
 
 from .objective import Packed, concat
+
+LENGTH_STEP = 64  # grouped batches are padded to a multiple of this many tokens
 
 
 class Rows:
@@ -56,7 +61,10 @@ class Rows:
             else:
                 self._shuffled(size, picker)  # the first pass's last partial batch joins them
         data, index = self._queue.popleft()
-        return data, index, int(data.lengths[index].max())
+        length = int(data.lengths[index].max())
+        if self._group > 1:
+            length = min(-(-length // LENGTH_STEP) * LENGTH_STEP, data.tokens.shape[1])
+        return data, index, length
 
     def _left(self) -> int:
         return 0 if self._current is None else len(self._current)
