@@ -232,8 +232,11 @@ def test_bench_engine_prints_a_table_and_json(tmp_path, capsys):
     pd = report["step_phases"]["pd_2"]
     assert pd["requests"] == 2 and pd["steps"] > 4
     assert all(pd[f"{p}_ms"] > 0 for p in ("schedule", "pack", "device", "decide", "advance"))
+    ar = report["batch1_end_to_end"]["ar"]  # as served: wall time per forward of the concurrency-1 run
+    assert ar["served_s_per_forward"] * report["concurrency"]["ar_1"]["forwards"] == pytest.approx(
+        report["concurrency"]["ar_1"]["wall_s"])
     out = capsys.readouterr().out
-    assert "KV pool" in out and "step phases" in out
+    assert "KV pool" in out and "step phases" in out and "AR through the orchestrator" in out
 
 
 def test_padded_steps_give_the_same_logits(compact):
