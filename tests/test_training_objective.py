@@ -82,6 +82,26 @@ def test_chunks_packed_apart_and_joined_equal_one_pack(compact):
         assert torch.equal(getattr(whole, name), getattr(joined, name)), name
 
 
+def test_packed_rows_hold_each_sequence_then_padding(compact):
+    """pack lays every column out from one flat list: each row holds its sequence, then padding."""
+    from plandiff.model.training.objective import _PAD_EPOCH, _PAD_REGION, IGNORE
+
+    tags = compact.tags
+    sequences = [autoregressive_sequence(compact.encode_prompt("y"), encode(compact, "Done."), tags.end[0]),
+                 planned_sequence(compact.encode_prompt("x"), encode(compact, ANSWER), tags.end[0], tags)]
+    packed = pack(sequences, tags.pad)
+    width = max(len(s.tokens) for s in sequences)
+    for row, s in enumerate(sequences):
+        n = len(s.tokens)
+        assert packed.lengths[row] == n
+        assert packed.tokens[row].tolist() == s.tokens + [tags.pad] * (width - n)
+        assert packed.ar_labels[row].tolist() == s.ar_labels + [IGNORE] * (width - n)
+        assert packed.region[row].tolist() == s.layout.region + list(range(_PAD_REGION + n, _PAD_REGION + width))
+        assert packed.epoch[row].tolist() == s.layout.epoch + [_PAD_EPOCH] * (width - n)
+        assert packed.maskable[row].nonzero().flatten().tolist() == sorted(s.slots)
+    assert packed.maskable[1].any() and not packed.maskable[0].any()
+
+
 def test_batch_masks_are_the_layouts_and_hide_padding(compact):
     tags = compact.tags
     long = planned_sequence(compact.encode_prompt("x"), encode(compact, ANSWER), tags.end[0], tags)

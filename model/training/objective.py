@@ -20,6 +20,7 @@ loss = mean plan cross-entropy + Σ_masked CE/t ÷ number of slots.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -161,19 +162,25 @@ class Packed:
 
 
 def pack(sequences: list[Sequence], pad_token: int, device: str | torch.device = "cpu") -> Packed:
+    """The sequences as padded rows. Each column is converted from one flat list (row after row)
+    and laid into the rows' positions at once: a tensor per row and column cost most of the time."""
     n, length = len(sequences), max(len(s.tokens) for s in sequences)
-    tokens = torch.full((n, length), pad_token, dtype=STORED)
-    labels = torch.full((n, length), IGNORE, dtype=STORED)
-    region = torch.arange(_PAD_REGION, _PAD_REGION + length, dtype=STORED).repeat(n, 1)
-    epoch = torch.full((n, length), _PAD_EPOCH, dtype=STORED)
-    maskable = torch.zeros((n, length), dtype=torch.bool)
-    for i, s in enumerate(sequences):
-        size = len(s.tokens)
-        tokens[i, :size] = torch.tensor(s.tokens)
-        labels[i, :size] = torch.tensor(s.ar_labels)
-        region[i, :size], epoch[i, :size] = s.layout.tensors()
-        maskable[i, s.slots] = True
     lengths = torch.tensor([len(s.tokens) for s in sequences])
+    filled = torch.arange(length) < lengths[:, None]  # row-major, as the flat lists run
+
+    def column(fill, values: list[int]) -> torch.Tensor:
+        out = fill if isinstance(fill, torch.Tensor) else torch.full((n, length), fill, dtype=STORED)
+        out[filled] = torch.frombuffer(array("i", values), dtype=torch.int32).to(STORED)
+        return out
+
+    tokens = column(pad_token, [t for s in sequences for t in s.tokens])
+    labels = column(IGNORE, [t for s in sequences for t in s.ar_labels])
+    region = column(torch.arange(_PAD_REGION, _PAD_REGION + length, dtype=STORED).repeat(n, 1),
+                    [r for s in sequences for r in s.layout.region])
+    epoch = column(_PAD_EPOCH, [e for s in sequences for e in s.layout.epoch])
+    maskable = torch.zeros((n, length), dtype=torch.bool)
+    maskable.view(-1)[torch.tensor([i * length + p for i, s in enumerate(sequences) for p in s.slots],
+                                   dtype=torch.long)] = True
     return Packed(tokens, labels, region, epoch, maskable, lengths).to(device)
 
 
