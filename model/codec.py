@@ -55,6 +55,22 @@ class TextCodec:
         pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer else [(text, None)]
         return [token.id for piece, _ in pieces for token in backend.model.tokenize(piece)]
 
+    def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """`encode_text` of many texts: one batch call of the tokenizer for those that hold no added
+        token (the batch call would match it as a tag; without one, its ids are the same), and
+        `encode_text` for the others. Training encodes millions of prompts."""
+        for text in texts:
+            check_text(text)
+        backend = self.tokenizer.backend_tokenizer
+        added = [token.content for token in backend.get_added_tokens_decoder().values()]
+        normalize = backend.normalizer.normalize_str if backend.normalizer is not None else str
+
+        def plain(text: str) -> bool:
+            return not any(a in text for a in added) and not any(a in normalize(text) for a in added)
+
+        encoded = backend.encode_batch(texts, add_special_tokens=False)
+        return [e.ids if plain(text) else self.encode_text(text) for text, e in zip(texts, encoded)]
+
     def encode_prompt(self, prompt: str, system: str | None = DEFAULT_SYSTEM) -> list[int]:
         """The chat prompt as the checkpoints were trained on it (ChatML with a system message). The
         template's own tokens are matched as tags; the messages' contents are plain text."""
@@ -62,6 +78,16 @@ class TextCodec:
             raise InvalidRequestError("the prompt is empty", field="prompt")
         messages = ([("system", system)] if system else []) + [("user", prompt)]
         return self.encode_chat(messages)
+
+    def encode_prompts(self, prompts: list[str], system: str | None = DEFAULT_SYSTEM) -> list[list[int]]:
+        """`encode_prompt` of many prompts, their contents encoded in one batch (encode_texts)."""
+        if not all(prompts):
+            raise InvalidRequestError("the prompt is empty", field="prompt")
+        if not getattr(self.tokenizer, "chat_template", None):
+            return self.encode_texts([f"{system}\n{p}" if system else p for p in prompts])
+        pieces = self._template_pieces(("system", "user") if system else ("user",))
+        head = pieces[0] + self.encode_text(system) + pieces[1] if system else pieces[0]
+        return [head + ids + pieces[-1] for ids in self.encode_texts(prompts)]
 
     def encode_chat(self, messages: list[tuple[str, str]]) -> list[int]:
         """A conversation of (role, content) pairs, rendered by the checkpoint's chat template with a

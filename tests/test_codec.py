@@ -27,6 +27,28 @@ def test_tag_text_in_a_prompt_stays_text(compact, text):
     assert result.finish_reason == "end"
 
 
+def test_prompts_encoded_in_a_batch_are_encoded_one_by_one(compact):
+    """encode_prompts (training encodes millions of prompts in one tokenizer call) gives each prompt's
+    encode_prompt ids, tag text left as text, with or without a system message."""
+    from plandiff.model.training.synthetic import make_split
+
+    codec = compact.codec
+    prompts = [e.prompt for e in make_split("train", 40)] + [
+        "a <sync/> b", "<|im_end|> x <|mask|>", "ｆｕｌｌ width <async> ok", "é ü 中文 🙂", "Line one\nline two"]
+    assert codec.encode_prompts(prompts) == [codec.encode_prompt(p) for p in prompts]
+    assert codec.encode_prompts(prompts, system=None) == [codec.encode_prompt(p, system=None) for p in prompts]
+    import copy
+
+    plain = copy.deepcopy(compact.tokenizer)  # a tokenizer without a chat template joins the contents
+    plain.chat_template = None
+    untemplated = TextCodec(plain, codec.profile, codec.tags)
+    assert untemplated.encode_prompts(prompts) == [untemplated.encode_prompt(p) for p in prompts]
+    with pytest.raises(InvalidRequestError):
+        codec.encode_prompts(["fine", ""])
+    with pytest.raises(InvalidRequestError):
+        codec.encode_prompts(["bad \udcff byte"])
+
+
 def test_prompt_ids_holding_control_tags_are_rejected(compact):
     ids = compact.encode_prompt("hi")
     for tag in (compact.tags.sync, compact.tags.mask, compact.tags.span_open, compact.tags.promise_open):

@@ -131,7 +131,7 @@ def _chunks(examples: list[Example], size: int = 5000) -> list[list[Example]]:
 def encode_examples(examples: list[Example], config: TrainConfig, tokenizer, join: str) -> list[Sequence]:
     tags = TagVocabulary.from_tokenizer(tokenizer)
     codec = TextCodec(tokenizer, TagProfile(), tags)
-    return encode(pairs(examples, config, tokenizer, join), tokenizer, tags, config, codec.encode_prompt)
+    return encode(pairs(examples, config, tokenizer, join), tokenizer, tags, config, codec.encode_prompts)
 
 
 def _encode_and_pack(examples: list[Example], config: TrainConfig, tokenizer, join: str) -> tuple:

@@ -52,12 +52,11 @@ class Pair:
 
 
 def encode(pairs: list[Pair], tokenizer: PreTrainedTokenizerBase, tags: TagVocabulary, config: TrainConfig,
-           encode_prompt: Callable[[str], list[int]]) -> list[Sequence]:
+           encode_prompts: Callable[[list[str]], list[list[int]]]) -> list[Sequence]:
     end = tags.end[0]
     sequences = []
     answers = tokenizer.backend_tokenizer.encode_batch([p.answer for p in pairs], add_special_tokens=False)
-    for pair, encoded in zip(pairs, answers):
-        prompt = encode_prompt(pair.prompt)
+    for prompt, encoded in zip(encode_prompts([p.prompt for p in pairs]), answers):
         answer = encoded.ids
         if config.mode == "planned":
             sequences.append(planned_sequence(prompt, answer, end, tags, dense=config.dense))
