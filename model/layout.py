@@ -58,10 +58,8 @@ class Layout:
         self._synced = min(self._synced, length)
 
     def truncate(self, length: int) -> None:
-        del self.region[length:]
-        del self.epoch[length:]
-        self._synced = min(self._synced, length)
-        self.generation += 1
+        self.retract(length)
+        self.generation += 1  # positions a key copy may hold can be laid out anew
 
     def set_region(self, region: int) -> None:
         """Every position into one region."""
