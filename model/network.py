@@ -267,11 +267,15 @@ class DreamNetwork(nn.Module):
         return self.model.norm(x)
 
     def compile_packed(self) -> None:
-        """Packed forwards run the parts around attention compiled (torch.compile, shapes dynamic:
-        one compilation per part, shared by every layer and step shape), fusing their elementwise
-        kernels; attention and the KV pool stay eager. For CUDA, where a small step is bound by
-        its kernel count; the first steps pay the compilation."""
-        self.__dict__["_segments"] = tuple(torch.compile(part, dynamic=True) for part in EAGER)
+        """Packed forwards run the parts around attention compiled (torch.compile), fusing their
+        elementwise kernels; attention and the KV pool stay eager. For CUDA, where a small step is
+        bound by its kernel count; the first steps pay the compilation. Shapes are dynamic only
+        where they vary (automatic dynamic shapes): after the second token count, one compilation
+        per part serves every layer and step shape (one-token steps get their own), while the
+        weights' sizes and the head counts stay constants. `dynamic=True` made those symbolic too,
+        and every element's index then took divisions by runtime values (the rotation's kernel
+        on the development CPU: 14-17 ms → 7-11 ms at 511 tokens, docs/performance.md)."""
+        self.__dict__["_segments"] = tuple(torch.compile(part) for part in EAGER)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
