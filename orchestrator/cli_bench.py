@@ -133,10 +133,11 @@ def run_train_step(args) -> int:
     grouped = f" grouped by length over {args.group_by_length} batches" if args.group_by_length > 1 else ""
     print(f"{args.model}, mode {args.mode}, batch {args.batch_size}{grouped}, {args.steps} timed steps after "
           f"{args.warmup}, {name}, torch {torch.__version__}")
-    print(f"{'variant':10s} {'ms/step':>8s} {'warmup s':>9s} {'tokens/s':>10s} {'loss':>7s}")
+    print(f"{'variant':10s} {'ms/step':>8s} {'warmup s':>9s} {'tokens/s':>10s} {'loss':>7s} {'padding':>8s} {'lengths':>8s}")
     results = time_steps(args.model, args.mode, args.batch_size, args.steps, args.warmup, device, variants,
                          args.group_by_length)
     for r in results:
-        print(f"{r.variant:10s} {r.ms_per_step:8.1f} {r.warmup_s:9.1f} {r.tokens_per_s:10.0f} {r.final_loss:7.3f}")
+        print(f"{r.variant:10s} {r.ms_per_step:8.1f} {r.warmup_s:9.1f} {r.tokens_per_s:10.0f} {r.final_loss:7.3f} "
+              f"{r.padding:8.1%} {r.lengths:8d}")
     print(json.dumps([r.__dict__ for r in results]))
     return 0

@@ -248,6 +248,8 @@ def test_bench_train_step_times_eager_and_compiled_alike(tmp_path, capsys):
     assert set(rows) == {"eager", "compiled"}
     assert rows["eager"]["final_loss"] == pytest.approx(rows["compiled"]["final_loss"], rel=1e-3)
     assert all(r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 for r in rows.values())
+    # batches of 4 rows of unequal lengths, each padded to its longest: some padding, 1-2 lengths
+    assert all(0 < r["padding"] < 1 and 1 <= r["lengths"] <= 2 for r in rows.values())
     assert cli.main(["bench", "train-step", "--model", str(tmp_path / "m"), "--variants", "fast"]) == 2
 
 

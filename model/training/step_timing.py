@@ -33,6 +33,8 @@ class StepTiming:
     warmup_s: float  # the first steps, compiling included
     tokens_per_s: float
     final_loss: float
+    padding: float  # share of the timed batches' positions that are padding
+    lengths: int  # distinct batch lengths among the timed steps (each a new shape for kernels and graphs)
 
 
 def time_steps(model: str, mode: str, batch_size: int, steps: int, warmup: int, device: str,
@@ -46,6 +48,8 @@ def time_steps(model: str, mode: str, batch_size: int, steps: int, warmup: int, 
     rows, picker = Rows([data], tags.pad, device, group=group), torch.Generator().manual_seed(0)
     batches = [rows.batch(batch_size, picker) for _ in range(warmup + steps)]
     tokens = sum(int(data.lengths[index].sum()) for data, index, _ in batches[warmup:])
+    positions = sum(len(index) * length for _, index, length in batches[warmup:])
+    lengths = len({length for _, _, length in batches[warmup:]})
     results = []
     for variant in variants:
         network = DreamNetwork(checkpoint.config)
@@ -65,7 +69,8 @@ def time_steps(model: str, mode: str, batch_size: int, steps: int, warmup: int, 
             stats = optimize(network, optimizer, step_loss, batch, autocast)
         _sync(device)
         seconds = time.perf_counter() - timed
-        results.append(StepTiming(variant, 1e3 * seconds / steps, warmup_s, tokens / seconds, float(stats["loss"])))
+        results.append(StepTiming(variant, 1e3 * seconds / steps, warmup_s, tokens / seconds, float(stats["loss"]),
+                                  1 - tokens / positions, lengths))
     return results
 
 
