@@ -11,17 +11,20 @@ from .executors import LocalExecutor
 from .orchestrator import GenerateRequest, Orchestrator
 
 
-async def sweep(runtime, prompt, plan, pd, ar, levels) -> dict:
+async def sweep(runtime, prompt, plan, pd, ar, levels, say=lambda message: None) -> dict:
     """AR (`ar`) and PD (`pd` with the forced `plan`) requests at each concurrency of `levels`
     through the orchestrator on one in-process worker of `runtime`: aggregate tokens/s, latency,
     forwards, the worker's time in engine calls and a step's parts, and where AR overtakes PD. Each
-    level runs once untimed first, so its CUDA graphs are captured outside the timing."""
+    level runs once untimed first, so its CUDA graphs are captured outside the timing. `say` is told
+    each run as it starts."""
     executor = LocalExecutor(runtime, max_requests=max(levels))
     worker = executor.workers[0].worker
     orchestrator = Orchestrator(executor, runtime.codec)
     rows = {}
     for mode, options, forced in (("ar", ar, None), ("pd", pd, plan)):
         for level in levels:
+            say(f"{mode.upper()} at concurrency {level} through the orchestrator")
+
             async def one():
                 start = time.perf_counter()
                 done = await orchestrator.complete(GenerateRequest(prompt_ids=prompt, plan=forced, options=options))

@@ -3,7 +3,7 @@
 Floors (measured here, not taken from a data sheet): the weight-read floor of one forward is the
 weight bytes over the device's measured copy rate (bytes read + written by a large device copy); the
 compute floor of a step is 2 × parameters × tokens (plus the head's rows) over the measured rate of
-a large bf16 matmul. A step's roofline is the larger of the two.
+a large matmul in the network's dtype (bf16 on the GPU). A step's roofline is the larger of the two.
 
 Sections: (1) batch-1 steps (planning, denoising with the plan's live tokens, a 256-token
 denoising step); (2) batch-1 end to end, PD against plandiff's own autoregressive mode on the same
@@ -19,27 +19,37 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import sys
 import time
 
+# Each shape with its tokenizer layout (random_checkpoint.py): the 7B shape has Dream's 152,064-row
+# vocabulary (its head is part of what a step costs); "small", a CPU run's, the compact 272 rows
+# (with Dream's, the CPU's logits and decisions at 64 requests took gigabytes and most of the time).
 SHAPES = {
-    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                       num_key_value_heads=4, rope_theta=1e6),
-    "small": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
-                  num_key_value_heads=2),
+    "qwen2.5-7b": ("dream", dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                 num_attention_heads=28, num_key_value_heads=4, rope_theta=1e6)),
+    "small": ("compact", dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+                              num_key_value_heads=2)),
 }
 
 
+def say(message: str) -> None:
+    """Progress on stderr (a run takes minutes; the table and JSON come at the end, on stdout)."""
+    print(f"bench engine: {message}", file=sys.stderr, flush=True)
+
+
 def random_runtime(shape: str, device: str, dtype: str):
-    """A ModelRuntime of random weights made on `device` (dream tag layout, byte tokenizer)."""
+    """A ModelRuntime of random weights of `shape` made on `device` (byte tokenizer)."""
     import torch
 
     from plandiff.model.loading import Checkpoint
     from plandiff.model.network import DreamNetwork
-    from plandiff.model.random_checkpoint import DREAM_IDS, build_tokenizer, tiny_config
+    from plandiff.model.random_checkpoint import build_tokenizer, tiny_config
     from plandiff.model.runtime import ModelRuntime
     from plandiff.model.tags import TagProfile, TagVocabulary
 
-    config = tiny_config("dream", max_position_embeddings=32768, torch_dtype=dtype, **SHAPES[shape])
+    layout, sizes = SHAPES[shape]
+    config = tiny_config(layout, max_position_embeddings=32768, torch_dtype=dtype, **sizes)
     torch_dtype = getattr(torch, dtype)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch_dtype)
@@ -48,11 +58,11 @@ def random_runtime(shape: str, device: str, dtype: str):
             network = DreamNetwork(config)
     finally:
         torch.set_default_dtype(previous)
-    with torch.no_grad():
-        network.lm_head.weight[DREAM_IDS["<|endoftext|>"]:] = 0
+    tokenizer = build_tokenizer(layout)
+    with torch.no_grad():  # the specials and tags are the vocabulary's last rows in both layouts
+        network.lm_head.weight[tokenizer.convert_tokens_to_ids("<|endoftext|>"):] = 0
     network.rotary = type(network.rotary)(config.head_dim, config.rope_theta).to(device)
     network.eval()
-    tokenizer = build_tokenizer("dream")
     profile = TagProfile.from_overrides(config.plandiff_tags)
     return ModelRuntime(Checkpoint(config, network, tokenizer, profile, TagVocabulary.from_tokenizer(tokenizer, profile)))
 
@@ -65,7 +75,8 @@ def sync(device) -> None:
 
 
 def floors(network) -> dict:
-    """Copy rate and bf16 matmul rate of this device, and the weight bytes they give floors for."""
+    """Copy rate and matmul rate (in the network's dtype) of this device, and the weight bytes they give
+    floors for."""
     import torch
 
     device = network.device
@@ -77,7 +88,7 @@ def floors(network) -> dict:
     src = torch.empty(size, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     n = 256 if device.type == "cuda" else 32
-    a = torch.randn(n * 32, n * 32, device=device, dtype=torch.bfloat16)
+    a = torch.randn(n * 32, n * 32, device=device, dtype=network.dtype)
     b = torch.randn_like(a)
 
     def best(fn, reps=10):
@@ -195,12 +206,14 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
             engine.add(str(i), state)
         return step_log(engine, dev)
 
+    say(f"{report['device']}, {report['shape']}: warming up")
     # warm-up (kernels, allocator, the CUDA graphs and compilations of both modes' step shapes, so
     # that no timed run pays a one-time capture)
     drive([new_state(runtime, prompt, pd, plan)])
     drive([new_state(runtime, prompt, pd.replace(mode="autoregressive"))])
 
     # (1) batch-1 steps
+    say("batch-1 steps")
     log = drive([new_state(runtime, prompt, pd, plan)])
     plan_steps = [s for s in log[1:] if s["phase"] == "plan"]
     denoise_steps = [s for s in log if s["phase"] == "denoise"]
@@ -259,6 +272,7 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     report["batch1_steps"] = {**forward_only, "prefill": summary(log[:1]), "plan": summary(plan_steps),
                               "denoise": summary(denoise_steps), "denoise_wide": summary(wide_steps)}
 
+    say("batch 1 end to end, PD and AR")
     # (2) batch-1 end to end: PD (steps_ratio 1.0, 0.5) vs the AR mode on the same answer length
     e2e = {}
     for name, options in [("pd_1.0", pd), ("pd_0.5", pd.replace(steps_ratio=0.5))]:
@@ -281,6 +295,7 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
 
     # (3) a batched PD denoising step: the largest concurrency, all requests denoising together
     many = max(concurrency)
+    say(f"a denoising step of {many} requests, and the phases of a step")
     log = drive([new_state(runtime, prompt, pd, plan) for _ in range(many)])
     full = [s for s in log if s["phase"] == "denoise" and s["requests"] == many]
     report["batched_denoise"] = {"requests": many, **(summary(full) or {})}
@@ -301,7 +316,7 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
                    for phase in ("schedule", "pack", "device", "decide", "advance")}}
 
     # (4) through the orchestrator, one in-process worker
-    report["concurrency"] = asyncio.run(sweep(runtime, prompt, plan, pd, ar, concurrency))
+    report["concurrency"] = asyncio.run(sweep(runtime, prompt, plan, pd, ar, concurrency, say))
     if 1 in concurrency:  # the AR mode as served: its steps launched ahead (Engine.launch_ahead), the prefill in
         alone = report["concurrency"]["ar_1"]
         e2e["ar"]["served_s_per_forward"] = alone["wall_s"] / alone["forwards"]
@@ -326,8 +341,8 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
 def print_table(r: dict) -> None:
     f = r["floors"]
     print(f"device {r['device']}, torch {r['torch']}, {r['shape']} {r['dtype']}: "
-          f"{f['parameters'] / 1e9:.2f} B parameters; copy {f['copy_rate_bytes_per_s'] / 1e12:.2f} TB/s, "
-          f"bf16 matmul {f['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s; weight floor "
+          f"{f['parameters'] / 1e9:.3g} B parameters; copy {f['copy_rate_bytes_per_s'] / 1e12:.3g} TB/s, "
+          f"matmul {f['matmul_flops_per_s'] / 1e12:.3g} TFLOP/s; weight floor "
           f"{roofline(f, 1, 1)['weight_floor_s'] * 1e3:.2f} ms")
     print(f"{'step':28s} {'tokens':>6s} {'median ms':>9s} {'floor ms':>8s} {'× floor':>7s} {'× compute':>9s}")
     rows = [(f"batch 1 {k}", v) for k, v in r["batch1_steps"].items()] + [

@@ -47,9 +47,12 @@ def add_bench(sub) -> None:
                                         "batched steps, concurrency through the orchestrator, KV pool (table + JSON)")
     e.add_argument("--model", default=None, help="checkpoint folder (default: random weights of --shape, built "
                                                  "on the device)")
-    e.add_argument("--shape", choices=["qwen2.5-7b", "small"], default="small")
+    e.add_argument("--shape", choices=["qwen2.5-7b", "small"], default="small",
+                   help="random weights: Qwen2.5-7B's shape and vocabulary, or small (4 layers, a 272-token "
+                        "vocabulary: a CPU run)")
     e.add_argument("--device", default="cpu")
-    e.add_argument("--dtype", default="bfloat16")
+    e.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU (whose bf16 "
+                                                  "matmuls are slow)")
     e.add_argument("--prompt-tokens", type=int, default=369)
     e.add_argument("--spans", type=int, default=4, help="spans of the forced plan")
     e.add_argument("--slots", type=int, default=30, help="slots per span")
@@ -99,7 +102,9 @@ def run_bench(args) -> int:
     if args.bench == "engine":
         from .bench_engine import run_bench_engine
 
-        return run_bench_engine(args.model, args.shape, args.device, args.dtype, args.prompt_tokens, args.spans,
+        configure_logging("WARNING")  # a line per request and step would bury the progress lines
+        dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+        return run_bench_engine(args.model, args.shape, args.device, dtype, args.prompt_tokens, args.spans,
                                 args.slots, [int(c) for c in args.concurrency.split(",")], args.json,
                                 args.profile, args.cuda_graphs, args.compile, args.attention)
     if args.bench == "train-step":

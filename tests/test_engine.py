@@ -235,8 +235,10 @@ def test_bench_engine_prints_a_table_and_json(tmp_path, capsys):
     ar = report["batch1_end_to_end"]["ar"]  # as served: wall time per forward of the concurrency-1 run
     assert ar["served_s_per_forward"] * report["concurrency"]["ar_1"]["forwards"] == pytest.approx(
         report["concurrency"]["ar_1"]["wall_s"])
-    out = capsys.readouterr().out
-    assert "KV pool" in out and "step phases" in out and "AR through the orchestrator" in out
+    captured = capsys.readouterr()
+    assert "KV pool" in captured.out and "step phases" in captured.out and "AR through the orchestrator" in captured.out
+    # progress while it runs, on stderr: each section and each run through the orchestrator as it starts
+    assert "bench engine: batch-1 steps" in captured.err and "PD at concurrency 2" in captured.err
 
 
 def test_padded_steps_give_the_same_logits(compact):
