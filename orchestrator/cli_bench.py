@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from plandiff.model.errors import InvalidRequestError
 from plandiff.model.options import GenerationOptions
@@ -140,7 +141,8 @@ def run_train_step(args) -> int:
           f"{args.warmup}, {name}, torch {torch.__version__}")
     print(f"{'variant':10s} {'ms/step':>8s} {'warmup s':>9s} {'tokens/s':>10s} {'loss':>7s} {'padding':>8s} {'lengths':>8s}")
     results = time_steps(args.model, args.mode, args.batch_size, args.steps, args.warmup, device, variants,
-                         args.group_by_length)
+                         args.group_by_length, lambda message: print(f"bench train-step: {message}", file=sys.stderr,
+                                                                     flush=True))
     for r in results:
         print(f"{r.variant:10s} {r.ms_per_step:8.1f} {r.warmup_s:9.1f} {r.tokens_per_s:10.0f} {r.final_loss:7.3f} "
               f"{r.padding:8.1%} {r.lengths:8d}")

@@ -244,7 +244,9 @@ def test_bench_train_step_times_eager_and_compiled_alike(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["bench", "train-step", "--model", str(tmp_path / "m"), "--batch-size", "4", "--steps", "2",
                      "--warmup", "1", "--device", "cpu"]) == 0
-    rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])}
+    captured = capsys.readouterr()
+    rows = {r["variant"]: r for r in json.loads(captured.out.strip().splitlines()[-1])}
+    assert "bench train-step: compiled: 1 warm-up steps (compiling)" in captured.err  # progress as it runs
     assert set(rows) == {"eager", "compiled"}
     assert rows["eager"]["final_loss"] == pytest.approx(rows["compiled"]["final_loss"], rel=1e-3)
     assert all(r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 for r in rows.values())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -38,7 +39,10 @@ class StepTiming:
 
 
 def time_steps(model: str, mode: str, batch_size: int, steps: int, warmup: int, device: str,
-               variants: list[str], group: int = 1) -> list[StepTiming]:
+               variants: list[str], group: int = 1, say: Callable[[str], None] = lambda message: None
+               ) -> list[StepTiming]:
+    """Each variant's timing; `say` is told what runs as it starts (a CPU step of batch 256 takes
+    seconds, a compilation a minute or more)."""
     checkpoint = load_checkpoint(model, dtype="float32")
     tokenizer = checkpoint.tokenizer
     tags = TagVocabulary.from_tokenizer(tokenizer)
@@ -59,12 +63,14 @@ def time_steps(model: str, mode: str, batch_size: int, steps: int, warmup: int, 
         step_loss = loss_function(variant == "compiled")
         autocast = autocast_for(device)
         generator = torch.Generator(device).manual_seed(0)
+        say(f"{variant}: {warmup} warm-up steps" + (" (compiling)" if variant == "compiled" else ""))
         started = time.perf_counter()
         for at, (data, index, length) in enumerate(batches):
             if at == warmup:
                 _sync(device)
                 timed = time.perf_counter()
                 warmup_s = timed - started
+                say(f"{variant}: {steps} timed steps after {warmup_s:.1f} s of warm-up")
             batch = make_batch(data, index, tags.mask, generator, length)
             stats = optimize(network, optimizer, step_loss, batch, autocast)
         _sync(device)
