@@ -246,7 +246,7 @@ def test_bench_train_step_times_eager_and_compiled_alike(tmp_path, capsys):
                      "--warmup", "1", "--device", "cpu"]) == 0
     captured = capsys.readouterr()
     rows = {r["variant"]: r for r in json.loads(captured.out.strip().splitlines()[-1])}
-    assert "bench train-step: compiled: 1 warm-up steps (compiling)" in captured.err  # progress as it runs
+    assert "bench train-step: compiled: warming up, 1 step (compiling)" in captured.err  # progress as it runs
     assert set(rows) == {"eager", "compiled"}
     assert rows["eager"]["final_loss"] == pytest.approx(rows["compiled"]["final_loss"], rel=1e-3)
     assert all(r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 for r in rows.values())

@@ -63,7 +63,8 @@ def time_steps(model: str, mode: str, batch_size: int, steps: int, warmup: int, 
         step_loss = loss_function(variant == "compiled")
         autocast = autocast_for(device)
         generator = torch.Generator(device).manual_seed(0)
-        say(f"{variant}: {warmup} warm-up steps" + (" (compiling)" if variant == "compiled" else ""))
+        compiling = " (compiling)" if variant == "compiled" else ""
+        say(f"{variant}: warming up, {warmup} step{'s' * (warmup > 1)}{compiling}")
         started = time.perf_counter()
         for at, (data, index, length) in enumerate(batches):
             if at == warmup:
