@@ -18,12 +18,27 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from typing import NamedTuple
 
 import torch
 
 from .layout import CAUSAL, PADDING
 
-BLOCK_N = 64  # keys per iteration
+
+class KernelConfig(NamedTuple):
+    """A launch of the kernel: query rows and keys per program iteration, warps, pipeline stages
+    (`plandiff bench attention` times them on a device)."""
+
+    block_m: int
+    block_n: int = 64
+    warps: int = 4
+    stages: int = 3
+
+
+def default_config(width: int, group: int) -> KernelConfig:
+    """The launch for a step whose requests have `width` query positions of `group` heads each per
+    KV head: small blocks for one-token steps (their rows are one position's heads)."""
+    return KernelConfig(16 if width * group <= 16 else 64)
 
 
 def available(device: torch.device) -> bool:
@@ -143,33 +158,34 @@ def _processors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
-def key_splits(programs: int, length: int, device: torch.device) -> int:
+def key_splits(programs: int, length: int, device: torch.device, block_n: int = 64) -> int:
     """Chunks of each request's keys (one program each) for a step of `programs` programs over up
     to `length` keys: enough to fill the device, at least two key blocks a chunk."""
     if programs >= _processors(device):
         return 1
-    return max(1, min(-(-length // (2 * BLOCK_N)), -(-_processors(device) // programs)))
+    return max(1, min(-(-length // (2 * block_n)), -(-_processors(device) // programs)))
 
 
 def paged_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, rows: int, read_slots: torch.Tensor,
                     query_layout: torch.Tensor, key_layout: torch.Tensor, key_lengths: torch.Tensor,
-                    query_index: torch.Tensor | None, splits: int | None = None) -> torch.Tensor:
+                    query_index: torch.Tensor | None, splits: int | None = None,
+                    config: KernelConfig | None = None) -> torch.Tensor:
     """Attention of `q` [heads, T, d] (any strides, d contiguous) over the pool's `keys`, `values`
     [kv_heads, slots, d] → [rows, heads × d]. The requests' grid of query rows, [count, width]:
     `query_layout` [3, count, width] (position, region, epoch; region PADDING for padding rows),
     `query_index` [count, width] the packed row of each (None: the grid is the packed order, rows =
     count × width). Their keys: `read_slots` and `key_layout` [2, count, length] (region, epoch),
     the first `key_lengths[i]` positions of each. `splits`: chunks of keys per request (None: by
-    the step's size, key_splits)."""
+    the step's size, key_splits). `config`: the launch (None: default_config)."""
     heads, _, d = q.shape
     kv_heads, pool_slots, _ = keys.shape
     count, width = query_layout.shape[1:]
     group = heads // kv_heads
-    block_m = 16 if width * group <= 16 else 64
+    config = config or default_config(width, group)
     length = read_slots.shape[1]
-    grid = (count * kv_heads, -(-width * group // block_m))
-    splits = splits or key_splits(grid[0] * grid[1], length, q.device)
-    chunk = -(-length // (splits * BLOCK_N)) * BLOCK_N
+    grid = (count * kv_heads, -(-width * group // config.block_m))
+    splits = splits or key_splits(grid[0] * grid[1], length, q.device, config.block_n)
+    chunk = -(-length // (splits * config.block_n)) * config.block_n
     splits = -(-length // chunk)
     kernel, merge = _build()
     out = torch.empty(rows, heads, d, dtype=q.dtype, device=q.device)  # every row is written (padding: zeros)
@@ -178,9 +194,9 @@ def paged_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, r
     kernel[grid + (splits,)](
         q, q.stride(0), q.stride(1), keys, values, out, read_slots, key_layout[0], key_layout[1], key_lengths,
         query_layout, query_index if query_index is not None else query_layout, d ** -0.5, width, length, pool_slots,
-        part, stat, chunk, rows, HEADS=heads, KV_HEADS=kv_heads, D=d, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
-        INDEXED=query_index is not None, IEEE=q.dtype == torch.float32, SPLIT=splits > 1, _CAUSAL=CAUSAL,
-        _PADDING=PADDING)
+        part, stat, chunk, rows, HEADS=heads, KV_HEADS=kv_heads, D=d, BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n, INDEXED=query_index is not None, IEEE=q.dtype == torch.float32, SPLIT=splits > 1,
+        _CAUSAL=CAUSAL, _PADDING=PADDING, num_warps=config.warps, num_stages=config.stages)
     if splits > 1:
         merge[(rows * heads,)](part, stat, out, splits, rows * heads, D=d)
     return out.view(rows, heads * d)

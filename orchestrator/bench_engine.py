@@ -74,21 +74,16 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def floors(network) -> dict:
-    """Copy rate and matmul rate (in the network's dtype) of this device, and the weight bytes they give
-    floors for."""
+def device_rates(device, dtype) -> tuple[float, float]:
+    """This device's copy rate (bytes read + written per second by a large copy) and the rate of a
+    large matmul in `dtype` (FLOP/s)."""
     import torch
 
-    device = network.device
-    params = sum(p.numel() for p in network.parameters())
-    embed = network.model.embed_tokens.weight.numel()
-    head = network.lm_head.weight.numel()
-    weight_bytes = sum(p.numel() * p.element_size() for p in network.parameters()) - embed * network.dtype.itemsize
     size = (1 << 30) if device.type == "cuda" else (1 << 26)
     src = torch.empty(size, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     n = 256 if device.type == "cuda" else 32
-    a = torch.randn(n * 32, n * 32, device=device, dtype=network.dtype)
+    a = torch.randn(n * 32, n * 32, device=device, dtype=dtype)
     b = torch.randn_like(a)
 
     def best(fn, reps=10):
@@ -104,11 +99,21 @@ def floors(network) -> dict:
 
     copy = best(lambda: dst.copy_(src))
     matmul = best(lambda: a @ b)
-    del src, dst, a, b
+    return 2 * size / copy, 2 * (n * 32) ** 3 / matmul
+
+
+def floors(network) -> dict:
+    """The device's rates (device_rates, in the network's dtype) and the weight bytes they give
+    floors for."""
+    params = sum(p.numel() for p in network.parameters())
+    embed = network.model.embed_tokens.weight.numel()
+    head = network.lm_head.weight.numel()
+    weight_bytes = sum(p.numel() * p.element_size() for p in network.parameters()) - embed * network.dtype.itemsize
+    copy_rate, matmul_rate = device_rates(network.device, network.dtype)
     return {
         "parameters": params, "matmul_parameters": params - embed - head, "head_parameters": head,
         "weight_bytes_read_per_forward": weight_bytes,  # every matrix but the embedding (rows are gathered)
-        "copy_rate_bytes_per_s": 2 * size / copy, "matmul_flops_per_s": 2 * (n * 32) ** 3 / matmul,
+        "copy_rate_bytes_per_s": copy_rate, "matmul_flops_per_s": matmul_rate,
     }
 
 

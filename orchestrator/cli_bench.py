@@ -68,6 +68,12 @@ def add_bench(sub) -> None:
                         "gathered keys")
     e.add_argument("--compile", action="store_true", help="compile the parts of a packed forward around "
                                                           "attention (torch.compile; CUDA)")
+    a = what.add_parser("attention", help="the paged attention kernel's launch configurations at the engine's "
+                                           "steps, against their floors (CUDA)")
+    a.add_argument("--device", default="cuda")
+    a.add_argument("--cases", default="plan-1,denoise-128,denoise-256,ar-64,denoise-64x128",
+                   help="comma-separated, of: plan-1, denoise-128, denoise-256, ar-64, denoise-64x128")
+    a.add_argument("--json", default=None, help="also write every configuration's time here")
     t = what.add_parser("train-step", help="one training step of a checkpoint's network, eager and compiled")
     t.add_argument("--model", default=str(DEMO_MODEL), help="checkpoint folder (default: the demo model)")
     t.add_argument("--mode", choices=["planned", "autoregressive", "diffusion"], default="planned")
@@ -110,6 +116,13 @@ def run_bench(args) -> int:
                                 args.profile, args.cuda_graphs, args.compile, args.attention)
     if args.bench == "train-step":
         return run_train_step(args)
+    if args.bench == "attention":
+        from .bench_attention import CASES, run_bench_attention
+
+        cases = args.cases.split(",")
+        if set(cases) - set(CASES):
+            raise InvalidRequestError(f"--cases takes {', '.join(CASES)}")
+        return run_bench_attention(args.device, cases, args.json)
     if args.bench == "overflow":
         from .bench_overflow import POLICIES, run_overflow
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from plandiff.model.layout import CAUSAL, PADDING, allowed
-from plandiff.model.paged_attention import paged_attention
+from plandiff.model.paged_attention import KernelConfig, paged_attention
 
 from .conftest import DEVICE
 from .test_engine import FORCED, alone, batched
@@ -54,6 +54,18 @@ def test_the_kernel_is_attention_under_the_layout_rule(seed):
     assert (got - want).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("config", [KernelConfig(32, 32, 8, 2), KernelConfig(16, 128, 4, 4)])
+def test_every_launch_configuration_is_the_same_attention(config):
+    """`plandiff bench attention` times launches other than the default: each is the same
+    attention (block sizes change only how keys and query rows are tiled), split or not."""
+    q, keys, values, read, query, key_layout, lengths = random_step(5, length=150, slots=500)
+    want = reference(q, keys, values, read, query, key_layout)
+    for splits in (1, 2):
+        got = paged_attention(q, keys, values, q.shape[1], read, query, key_layout, lengths, None, splits=splits,
+                              config=config)
+        assert (got - want).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("splits", [2, 3])
 def test_a_request_s_keys_split_into_chunks_give_the_same_attention(splits):
     """A small step splits each request's keys into chunks (one program each) and merges their
@@ -97,3 +109,19 @@ def test_the_engine_gives_the_same_answers_with_the_kernel(compact):
         compact.network.attention = "auto"
     for i, state in states.items():
         assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
+
+
+def test_bench_attention_times_the_attention_of_its_cases(capsys):
+    """`plandiff bench attention`'s inputs (a causal prefix, then four sparse spans whose slots are
+    the queries; one-token queries causal) are attention under the layout rule; on a device other
+    than CUDA the command says it needs one."""
+    from plandiff.orchestrator import cli
+    from plandiff.orchestrator.bench_attention import case_inputs
+
+    for requests, queries, keys in ((2, 8, 40), (3, 1, 30)):
+        q, pool_k, pool_v, rows, read, query, key_layout, lengths, _ = case_inputs(requests, queries, keys, DEVICE)
+        q, pool_k, pool_v = q.float(), pool_k.float(), pool_v.float()
+        got = paged_attention(q, pool_k, pool_v, rows, read, query, key_layout, lengths, None)
+        assert (got - reference(q, pool_k, pool_v, read, query, key_layout)).abs().max() < 1e-5
+    assert cli.main(["bench", "attention", "--device", "cpu"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
