@@ -23,6 +23,7 @@ from .config import DreamConfig
 from .layout import allowed
 from .paged_attention import available as paged_attention_available
 from .paged_attention import paged_attention
+from .rotary_store import rotate_and_store
 
 
 class RMSNorm(nn.Module):
@@ -102,13 +103,9 @@ class Attention(nn.Module):
         """Tokens of many sequences packed (q [heads, T, d], kv [2, kv_heads, T, d]); their keys and
         values are written into the layer's `pool` [2, kv_heads, slots, d] first. Attention runs
         padded per sequence ([B, ·, Tmax, Lmax]: the batch dimension is the request term of the layout
-        rule), then the rows are packed again: [T, heads × d], before o_proj."""
+        rule), the layout as `batch.bias`, then the rows are packed again: [T, heads × d], before o_proj."""
         pool[:, :, batch.write_slots] = kv
-        keys, values = pool
-        if batch.bias is None:  # the pool read in place (paged_attention.py)
-            return paged_attention(q, keys, values, q.shape[1], batch.read_slots, batch.query_layout,
-                                   batch.key_layout, batch.key_lengths, batch.query_index)
-        k, v = keys[:, batch.read_slots], values[:, batch.read_slots]  # [kv_heads, B, Lmax, d]
+        k, v = pool[0][:, batch.read_slots], pool[1][:, batch.read_slots]  # [kv_heads, B, Lmax, d]
         if batch.query_index is None:  # rows already padded per sequence (T = B × Tmax): nothing to gather
             q = q.unflatten(1, (batch.read_slots.shape[0], -1)).transpose(0, 1)
         else:
@@ -120,6 +117,14 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k.transpose(0, 1), v.transpose(0, 1), attn_mask=batch.bias)
         out = out.reshape(count, self.heads, t_max, d).transpose(1, 2).flatten(-2)
         return out.flatten(0, 1) if batch.query_index is None else out.flatten(0, 1)[batch.packed_rows]
+
+    def attend_paged(self, qkv, cos, sin, batch: PackedBatch, pool):
+        """The same from the projection's output `qkv` [T, (heads + 2 kv_heads) × d]: the rotation
+        and the pool's write in one kernel (rotary_store.py), then the pool read in place
+        (paged_attention.py)."""
+        q = rotate_and_store(qkv, cos, sin, pool, batch.write_slots, self.heads, self.kv_heads)
+        return paged_attention(q, pool[0], pool[1], q.shape[1], batch.read_slots, batch.query_layout,
+                               batch.key_layout, batch.key_lengths, batch.query_index)
 
     def _project(self, x, cos, sin):
         """x [..., T, hidden] → q [..., heads, T, d] and k, v [..., kv_heads, T, d], q and k rotated."""
@@ -184,14 +189,20 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def forward_packed(self, x, cos, sin, batch, pool, segments):
-        """Packed tokens [T, hidden] (Attention.attend_packed). The parts around attention are
-        `segments` (pre_attention, post_attention: eager, or compiled by DreamNetwork.compile_packed)."""
+        """Packed tokens [T, hidden] (Attention.attend_packed, attend_paged when `batch.bias` is None).
+        The parts around attention are `segments` (pre_attention, post_attention, projection: eager,
+        or compiled by DreamNetwork.compile_packed)."""
         attn, mlp = self.self_attn, self.mlp
         qkv_weight, qkv_bias = fused(attn, "_qkv", (attn.q_proj, attn.k_proj, attn.v_proj))
         gate_up, _ = fused(mlp, "_gate_up", (mlp.gate_proj, mlp.up_proj))
-        q, kv = segments[0](x, self.input_layernorm.weight, qkv_weight, qkv_bias, cos, sin,
-                            self.input_layernorm.eps, attn.heads, attn.kv_heads, attn.head_dim)
-        out = attn.attend_packed(q, kv, batch, pool)
+        norm = self.input_layernorm
+        if batch.bias is None:
+            qkv = segments[2](x, norm.weight, qkv_weight, qkv_bias, norm.eps)
+            out = attn.attend_paged(qkv, cos, sin, batch, pool)
+        else:
+            q, kv = segments[0](x, norm.weight, qkv_weight, qkv_bias, cos, sin, norm.eps, attn.heads, attn.kv_heads,
+                                attn.head_dim)
+            out = attn.attend_packed(q, kv, batch, pool)
         return segments[1](x, out, attn.o_proj.weight, self.post_attention_layernorm.weight, gate_up,
                            mlp.down_proj.weight, self.post_attention_layernorm.eps)
 
@@ -202,10 +213,15 @@ def pre_attention(x, norm_weight, qkv_weight, qkv_bias, cos, sin, eps: float, he
     one matmul for q, k and v, one rotation for q and k, keys and values side by side for the pool's
     one write (a small step is bound by its kernel count; compiled, the concatenation can fuse with
     the rotation)."""
-    h = rms_norm(x, norm_weight, eps)
-    qkv = F.linear(h, qkv_weight, qkv_bias).unflatten(-1, (-1, head_dim)).transpose(0, 1)  # [heads, T, d]
+    qkv = projection(x, norm_weight, qkv_weight, qkv_bias, eps).unflatten(-1, (-1, head_dim)).transpose(0, 1)
     rotated = rotate(qkv[: heads + kv_heads], cos, sin)
     return rotated[:heads], torch.cat((rotated[heads:], qkv[heads + kv_heads:])).unflatten(0, (2, kv_heads))
+
+
+def projection(x, norm_weight, qkv_weight, qkv_bias, eps: float):
+    """Packed x [T, hidden] → q, k and v side by side [T, (heads + 2 kv_heads) × d]: the input norm
+    and one matmul (the paged path rotates and stores them in one kernel, rotary_store.py)."""
+    return F.linear(rms_norm(x, norm_weight, eps), qkv_weight, qkv_bias)
 
 
 def post_attention(x, attended, o_weight, norm_weight, gate_up_weight, down_weight, eps: float):
@@ -217,7 +233,7 @@ def post_attention(x, attended, o_weight, norm_weight, gate_up_weight, down_weig
     return x + F.linear(F.silu(gate) * up, down_weight)
 
 
-EAGER = (pre_attention, post_attention)
+EAGER = (pre_attention, post_attention, projection)
 
 
 class DecoderStack(nn.Module):

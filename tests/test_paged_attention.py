@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from plandiff.model.layout import CAUSAL, PADDING, allowed
+from plandiff.model.network import Rotary, rotate
 from plandiff.model.paged_attention import KernelConfig, paged_attention
+from plandiff.model.rotary_store import rotate_and_store
 
 from .conftest import DEVICE
 from .test_engine import FORCED, alone, batched
@@ -94,6 +96,25 @@ def test_packed_queries_land_in_their_rows_and_padding_queries_nowhere(splits):
     want = reference(q, keys, values, read, query, key_layout)
     for b, n in enumerate(real):
         assert torch.allclose(got[index[b, :n]], want[b * 4: b * 4 + n], atol=1e-5)
+
+
+def test_rotate_and_store_rotates_q_and_k_and_writes_keys_and_values_to_their_slots():
+    """The paged path's one kernel before attention: the eager rotation of q and k, bit for bit in
+    fp32; keys and values land in the pool at the tokens' slots, and nowhere else."""
+    g = torch.Generator().manual_seed(3)
+    tokens, heads, kv_heads, d, slots = 9, 8, 2, 16, 60
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * d, generator=g).to(DEVICE)
+    cos, sin = Rotary(d, 10000.0).to(DEVICE)(torch.randint(0, 500, (tokens,), generator=g).to(DEVICE), torch.float32)
+    pool = torch.full((2, kv_heads, slots, d), 7.0, device=DEVICE)
+    write = torch.randperm(slots, generator=g)[:tokens].to(DEVICE)
+    q = rotate_and_store(qkv, cos, sin, pool, write, heads, kv_heads)
+    split = qkv.unflatten(-1, (-1, d)).transpose(0, 1)  # [heads + 2 kv_heads, T, d]
+    rotated = rotate(split[: heads + kv_heads], cos, sin)
+    assert q.shape == (heads, tokens, d) and torch.equal(q, rotated[:heads])
+    assert torch.equal(pool[0][:, write], rotated[heads:]) and torch.equal(pool[1][:, write], split[heads + kv_heads:])
+    untouched = torch.ones(slots, dtype=torch.bool, device=DEVICE)
+    untouched[write] = False
+    assert (pool[:, :, untouched] == 7.0).all()
 
 
 def test_the_engine_gives_the_same_answers_with_the_kernel(compact):
