@@ -308,13 +308,17 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     if profile and dev.type == "cuda":  # where a batched denoising step's device time goes, kernel by kernel
         profile_denoising_step(engine, [new_state(runtime, prompt, pd, plan) for _ in range(many)], dev, after=0)
 
-    # (3b) where a step's time goes, batch 1 and batched: host phases, and the device's share
+    # (3b) where a step's time goes, batch 1 and batched: host phases, and the device's share (AR's
+    # decode steps; PD's denoising steps of all its requests, where its time goes)
     report["step_phases"] = {}
-    for mode, options, forced in (("ar", pd.replace(mode="autoregressive", max_new_tokens=40), None), ("pd", pd, plan)):
+    for mode, options, forced in (("ar", pd.replace(mode="autoregressive", max_new_tokens=40), None),
+                                  ("pd_denoise", pd, plan)):
         for n in sorted({1, many}):
             runner.timings = []
-            drive([new_state(runtime, prompt, options, forced) for _ in range(n)])
-            timed, runner.timings = runner.timings[1:], None  # after the prefill
+            log = drive([new_state(runtime, prompt, options, forced) for _ in range(n)])
+            timed = [t for t, s in zip(runner.timings, log) if s["requests"] == n
+                     and (s["phase"] == "denoise" if forced else s["tokens"] == n)]  # AR: not the prefill
+            runner.timings = None
             report["step_phases"][f"{mode}_{n}"] = {
                 "requests": n, "steps": len(timed),
                 **{f"{phase}_ms": statistics.median(t.get(phase, 0.0) for t in timed) * 1e3

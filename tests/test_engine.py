@@ -227,10 +227,11 @@ def test_bench_engine_prints_a_table_and_json(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["concurrency"]["pd_2"]["forwards"] < 2 * report["concurrency"]["pd_1"]["forwards"]
     assert report["batch1_end_to_end"]["ar"]["critical_path"] > report["batch1_end_to_end"]["pd_1.0"]["critical_path"]
-    # every step of a run timed by phase: a denoising step of 2 requests has host and device work
-    assert set(report["step_phases"]) == {"ar_1", "ar_2", "pd_1", "pd_2"}
-    pd = report["step_phases"]["pd_2"]
-    assert pd["requests"] == 2 and pd["steps"] > 4
+    # the steps of a run timed by phase (AR's decode steps, PD's denoising steps of all its requests):
+    # a denoising step of 2 requests has host and device work; the forced 4-slot span takes 4 of them
+    assert set(report["step_phases"]) == {"ar_1", "ar_2", "pd_denoise_1", "pd_denoise_2"}
+    pd = report["step_phases"]["pd_denoise_2"]
+    assert pd["requests"] == 2 and pd["steps"] == 4
     assert all(pd[f"{p}_ms"] > 0 for p in ("schedule", "pack", "device", "decide", "advance"))
     ar = report["batch1_end_to_end"]["ar"]  # as served: wall time per forward of the concurrency-1 run
     assert ar["served_s_per_forward"] * report["concurrency"]["ar_1"]["forwards"] == pytest.approx(
