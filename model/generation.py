@@ -85,6 +85,7 @@ class Forward:
     fresh_cache: bool = False  # start from an empty cache (kv_cache=False, or a resumed request)
     spans: list[int] = field(default_factory=list)  # denoising: the round's spans that still hold masks
     segments: list[int] = field(default_factory=list)  # the logit rows of each of them, in order
+    step: int = 0  # denoising: the step of its round it computes (commit_rule)
 
 
 class RequestState:
@@ -197,10 +198,12 @@ class RequestState:
             slots = [[p - 1 for p in range(s.start + 1, s.end - 1) if tokens[p] == mask] for s in live]
             logit_positions = [p for span in slots for p in span]
             segments = [len(span) for span in slots]
+        step = self._step if self.phase is Phase.DENOISE else 0
         if not self.options.kv_cache:
-            return Forward(list(range(n)), n, logit_positions, fresh_cache=True, spans=spans, segments=segments)
+            return Forward(list(range(n)), n, logit_positions, fresh_cache=True, spans=spans, segments=segments,
+                           step=step)
         return Forward(sorted(set(positions)), n, logit_positions, fresh_cache=self._fresh_cache, spans=spans,
-                       segments=segments)
+                       segments=segments, step=step)
 
     def advance(self, forward: Forward, logits: torch.Tensor | None, decision: Decision | None = None) -> None:
         """Consume the logits of `forward.logit_positions` (rows in that order) and move on; or,
@@ -257,7 +260,7 @@ class RequestState:
         """How each live span of this denoising step commits (the reference's rules, §3.5): the
         schedule's count (diffusion-only: the whole answer's, possibly none); `adaptive` also every
         τ-confident slot; `threshold` its candidates, all but the best only if τ-confident."""
-        step, steps, masked = self._step, self._steps, forward.segments
+        step, steps, masked = forward.step, self._steps, forward.segments
         inf, tau = float("inf"), self.options.threshold
         if self.options.mode == "diffusion":
             k = [scheduled_count(m, step, steps, self._ratios) for m in masked]
@@ -272,17 +275,39 @@ class RequestState:
     # ------------------------------------------------------------------ a step ahead
 
     def ahead(self, forward: Forward) -> Forward | None:
-        """The forward after `forward` (launched, its token not yet chosen) when it can only be the
-        next token's, whatever that token is: plain text (autoregressive mode, or a fallback), a
-        cache to extend, room for one more token; None otherwise. An engine may launch it before
-        `forward` is finished, its input id the step in flight's decision (on the device), packed
-        `with state.reserved()`. A token that ends the answer makes it void (ModelRunner.void_ahead
-        checks `schedule()` against it once `forward` is finished)."""
+        """The forward after `forward` (launched, its decisions not yet known) when it can be known
+        without them; None otherwise. An engine may launch it before `forward` is finished, taking
+        what it needs of that step's decisions on the device (ModelRunner.launch_ahead), and checks
+        it against `schedule()` once `forward` is finished (ModelRunner.void_ahead).
+
+        Planning: the next token's forward, whatever that token is: plain text (autoregressive
+        mode, or a fallback), a cache to extend, room for one more token; its input id is the
+        step's decision, packed `with state.reserved()`; a token that ends the answer makes it void.
+        Denoising: the round's next step, when each live span commits a count known beforehand
+        (the entropy, confidence and margin orders) and keeps masks after it: the same positions,
+        their ids those committed on the device; its logit positions are placeholders, as many as
+        the slots left masked, which the device picks (the step's rows not committed, in order)."""
+        if self.phase is Phase.DENOISE:
+            return self._denoise_ahead(forward)
         n = len(self.tokens)
         if (self.phase is not Phase.PLAN or not self._text_only() or not self.options.kv_cache or self._dirty
                 or forward.logit_positions != [n - 1] or n + 1 >= self.max_length):
             return None
         return Forward([n], n + 1, [n])
+
+    def _denoise_ahead(self, forward: Forward) -> Forward | None:
+        options = self.options
+        # exact refresh: a void step ahead's keys are then what a recomputation would write
+        if (not options.kv_cache or options.kv_refresh != "exact" or options.mode == "diffusion"
+                or options.order in ("threshold", "adaptive") or forward.step + 1 >= self._steps):
+            return None
+        left = [m - k for m, k in zip(forward.segments, self.commit_rule(forward).k)]
+        if not left or min(left) < 1:  # a span fills: the next step's spans and positions change
+            return None
+        # every live span commits, so their regions are the stale ones the next step recomputes
+        positions = self._positions_in({self._spans[b].region for b in forward.spans})
+        return Forward(positions, forward.key_length, forward.logit_positions[: sum(left)], spans=forward.spans,
+                       segments=left, step=forward.step + 1)
 
     @contextmanager
     def reserved(self) -> Iterator[None]:
@@ -608,10 +633,13 @@ class RequestState:
         return positions
 
     def _stale_positions(self) -> list[int]:
-        if not self._dirty:  # most steps (planning between joins): no pass over the answer
+        return self._positions_in(self._dirty)
+
+    def _positions_in(self, regions: set[int]) -> list[int]:
+        if not regions:  # most steps (planning between joins): no pass over the answer
             return []
         start = 0 if self.options.mode == "diffusion" else self.prompt_length
-        return [p for p, r in enumerate(self.layout.region[start:], start) if r in self._dirty]
+        return [p for p, r in enumerate(self.layout.region[start:], start) if r in regions]
 
     def _finish(self, reason: Literal["end", "length"]) -> None:
         self.phase = Phase.DONE

@@ -9,8 +9,9 @@ workers' engine (workers/engine.py) steps whatever its scheduler picks. It lives
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -21,7 +22,7 @@ from .generation import Forward, Phase, RequestState
 from .kv_pool import BLOCK, KVPool, blocks_for, slot_map
 from .layout import PADDING
 from .network import DreamNetwork, PackedBatch
-from .step_graphs import GraphShape, StepGraphs, pack_padded
+from .step_graphs import FIELDS, GraphShape, StepGraphs, pack_padded
 from .transfers import host_longs, to_device
 
 
@@ -53,6 +54,40 @@ class Launched:
     values: torch.Tensor | None = None
     ready: torch.cuda.Event | None = None
     dropped: set[int] = field(default_factory=set)  # requests not to advance (a void step ahead's)
+
+
+@dataclass
+class Feed:
+    """What a step launched ahead takes from the step in flight before it, on the device (its
+    `decided`): planning tokens, one input id per request; or a denoising step's proposals and
+    commits [2, rows], in the rows of `before` (that step's forwards): each committed proposal is
+    its slot's input id, and the rows not committed are the new step's logit rows, in order."""
+
+    decided: torch.Tensor
+    before: list[Forward] | None = None
+
+    def apply(self, ids: torch.Tensor, logit_rows: torch.Tensor, starts: list[int], forwards: list[Forward]) -> None:
+        """Into a packed step's input ids and logit rows (device views; `starts`: each request's
+        first query row)."""
+        if self.before is None:  # one position per request, in the requests' order
+            ids[: len(self.decided)] = self.decided
+            return
+        slots, rows = [], []
+        for start, before, f in zip(starts, self.before, forwards):
+            for q in before.logit_positions:  # the logits at q decide the slot q + 1
+                slots.append(start + bisect_left(f.positions, q + 1))
+                rows.append(start + bisect_left(f.positions, q))
+        index = to_device(host_longs(slots + rows), ids.device).view(2, -1)
+        x0, commit = self.decided[0], self.decided[1].bool()
+        ids[index[0]] = torch.where(commit, x0, ids[index[0]])
+        kept = sum(len(f.logit_positions) for f in forwards)
+        logit_rows[:kept] = index[1][torch.sort(commit.to(torch.int32), stable=True).indices[:kept]]
+
+    def apply_to_buffer(self, buffer: torch.Tensor, shape: GraphShape, forwards: list[Forward]) -> None:
+        """Into a graph step's integer buffer on the device (step_graphs.pack_padded's layout)."""
+        rows = shape.rows
+        self.apply(buffer[:rows], buffer[(FIELDS - 1) * rows: FIELDS * rows],
+                   [i * shape.width for i in range(len(forwards))], forwards)
 
 
 class ModelRunner:
@@ -99,12 +134,12 @@ class ModelRunner:
         return self.finish(self.launch(seqs, forwards))
 
     def launch(self, seqs: list[Sequence], forwards: list[Forward] | None = None,
-               feed: torch.Tensor | None = None) -> Launched:
+               feed: Feed | None = None) -> Launched:
         """Queue the step's forward and its batched decisions on the device, without waiting for
         them: the host is free until `finish` (a worker hands the previous step's events over
         meanwhile). Nothing here waits for this step's work (host-to-device copies of its inputs
-        wait only for earlier steps), but benchmark laps do. `feed`: the input ids of the step's
-        one-token forwards, on the device (launch_ahead)."""
+        wait only for earlier steps), but benchmark laps do. `feed`: what a step launched ahead takes
+        from the step in flight (launch_ahead)."""
         lap = _Laps(self.timings, self.network.device)
         forwards = forwards or [s.state.schedule() for s in seqs]
         for seq, forward in zip(seqs, forwards):
@@ -129,30 +164,45 @@ class ModelRunner:
         return step
 
     def launch_ahead(self, step: Launched) -> Launched | None:
-        """The step after `step`, queued while `step` is still in flight, when it can only be the
-        next token of each of its requests (RequestState.ahead) and `step` decides those tokens in
-        one planning group, in the requests' order: they are the new step's input ids on the
-        device, so the host packs and queues it while the device computes `step`. None when it
-        cannot be known yet. Once `step` is finished, `void_ahead` drops the requests whose token
-        ended their answer (not advanced)."""
-        if (not self.ahead or step.dropped or len(step.groups) != 1 or step.groups[0][1].dim() != 1
+        """The step after `step`, queued while `step` is still in flight, when each of its requests'
+        next forward can be known without `step`'s decisions (RequestState.ahead) and `step` decides
+        them in one group, in the requests' order: the next planning token of each (its input id is
+        that decision, on the device) or each request's next denoising step (the committed tokens
+        its ids, the rows left masked its logit rows: Feed). The host packs and queues it while the
+        device computes `step`. None when it cannot be known yet. Once `step` is finished,
+        `void_ahead` drops the requests whose next forward is another (an answer ended, a round
+        filled)."""
+        if (not self.ahead or step.dropped or len(step.groups) != 1
                 or step.groups[0][0] != list(range(len(step.seqs)))):
             return None
         forwards = [s.state.ahead(f) for s, f in zip(step.seqs, step.forwards)]
-        if None in forwards or any(f.key_length > len(s.slot_list) for s, f in zip(step.seqs, forwards)):
+        if None in forwards:
+            return None
+        decided = step.groups[0][1]
+        if decided.dim() == 2:  # denoising steps
+            return self.launch(step.seqs, forwards, feed=Feed(decided, step.forwards))
+        if any(f.key_length > len(s.slot_list) for s, f in zip(step.seqs, forwards)):
             return None
         with ExitStack() as places:
             for seq in step.seqs:
                 places.enter_context(seq.state.reserved())
-            return self.launch(step.seqs, forwards, feed=step.groups[0][1])
+            return self.launch(step.seqs, forwards, feed=Feed(decided))
 
     @staticmethod
     def void_ahead(ahead: Launched) -> int:
         """Drop from a step launched ahead, once the step before it is finished, each request whose
-        next forward is not the one it computes (its last token ended it); how many."""
+        next forward is not the one it computes (its last token ended it, a span filled); how
+        many. A denoising step's placeholder logit positions become the real ones (the device
+        chose those rows)."""
         for i, (seq, forward) in enumerate(zip(ahead.seqs, ahead.forwards)):
-            if seq.state.phase is not Phase.PLAN or seq.state.schedule() != forward:
+            state = seq.state
+            real = None if state.phase is Phase.DONE else state.schedule()
+            if real is not None and state.phase is Phase.DENOISE:
+                forward = replace(forward, logit_positions=real.logit_positions)
+            if real != forward or state.phase is Phase.DONE:
                 ahead.dropped.add(i)
+            else:
+                ahead.forwards[i] = real
         return len(ahead.dropped)
 
     def finish(self, step: Launched) -> list[Exception | None]:
@@ -229,10 +279,10 @@ class ModelRunner:
 
     def _forward(self, seqs: list[Sequence], forwards: list[Forward], lap: _Laps,
                  groups: dict[tuple, list[int]] | None = None,
-                 feed: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list | None]:
+                 feed: Feed | None = None) -> tuple[list[torch.Tensor], list | None]:
         """The logits (`forward`), and the decisions (as `_decide` gives them) when a CUDA graph made
-        them: a small step whose logit rows all belong to one greedy decision group. `feed`: the
-        input ids of one-token forwards, one per request, on the device (launch)."""
+        them: a small step whose logit rows all belong to one greedy decision group. `feed`: what a
+        step launched ahead takes from the one in flight (launch_ahead)."""
         shape = GraphShape.of(forwards, self._graph_decision(forwards, groups)) if self.cuda_graphs else None
         if shape is not None:
             group = next(iter(groups)) if shape.decision is not None else None  # the graph decides for it
@@ -242,8 +292,9 @@ class ModelRunner:
             lap("pack")
             banned = None if group is None else banned_mask(group[-1], self.network.config.vocab_size,
                                                             self.network.device)
+            patch = None if feed is None else lambda device: feed.apply_to_buffer(device, shape, forwards)
             try:
-                logits, decided = self._graphs.run(shape, buffer, banned, feed)
+                logits, decided = self._graphs.run(shape, buffer, banned, patch)
             except RuntimeError as err:  # a capture this torch build refuses: stay eager, and say why
                 self.cuda_graphs, self.graph_error = False, f"{type(err).__name__}: {err}"[:500]
                 return self._forward(seqs, forwards, lap, groups, feed)
@@ -251,8 +302,11 @@ class ModelRunner:
             logits = list(torch.split(logits[:rows], counts))
             return logits, None if decided is None else [(members, decided[..., :rows])]
         batch, logit_rows, counts = self._pack(seqs, forwards)
-        if feed is not None:  # one position per request, in the requests' order
-            batch.input_ids[: len(feed)] = feed
+        if feed is not None:
+            starts = [0]
+            for f in forwards[:-1]:
+                starts.append(starts[-1] + len(f.positions))
+            feed.apply(batch.input_ids, logit_rows, starts, forwards)
         lap("pack")
         hidden = self.network.forward_packed(batch, self.pool)
         logits = self.network.logits(hidden[logit_rows])

@@ -203,11 +203,12 @@ class StepGraphs:
         return pair[0]
 
     def run(self, shape: GraphShape, buffer: torch.Tensor, banned: torch.Tensor | None = None,
-            feed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+            patch=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The logits of the step whose host `buffer` is given, and its decisions when the shape
         has them (`banned`: the group's [vocab] mask on the device), copied out of the graph's
-        output. `feed`: the input ids of its requests (one query row each), on the device, in
-        place of the buffer's. Raises RuntimeError when this torch build refuses the capture."""
+        output. `patch`: called with the buffer on the device before the replay (a step launched
+        ahead writes what the step in flight decides into it). Raises RuntimeError when this torch
+        build refuses the capture."""
         if banned is not None:
             self.banned.copy_(banned, non_blocking=True)
         if shape not in self.graphs:
@@ -216,9 +217,8 @@ class StepGraphs:
             self.capture_seconds += time.perf_counter() - started
         graph, device_buffer, (logits, decided) = self.graphs[shape]
         device_buffer.copy_(buffer.pin_memory(), non_blocking=True)  # a kept buffer is pinned already
-        if feed is not None:
-            assert shape.width == 1, "fed ids are one per request"
-            device_buffer[: len(feed)] = feed
+        if patch is not None:
+            patch(device_buffer)
         graph.replay()
         return logits.clone(), None if decided is None else decided.clone()
 

@@ -145,6 +145,48 @@ def test_steps_launched_ahead_change_nothing(compact, demo):
         compact.runner.ahead = demo.runner.ahead = compact.network.device.type == "cuda"
 
 
+LONG = ("<promise>-<topic>alpha 12</topic><promise>-<topic>beta 9</topic><sync/>"
+        "<promise>-<topic>gamma 7</topic><|im_end|>")
+
+
+def test_denoising_steps_launched_ahead_change_nothing(compact, demo):
+    """A denoising step whose spans commit known counts (entropy, confidence, margin) is launched
+    while the step before it is in flight: the committed tokens become its ids and the slots left
+    masked its logit rows on the device. Alone (ModelRuntime.run) and batched, joining and with
+    one aborted: the tokens, events and forwards of each request alone without steps ahead. Orders
+    whose counts depend on the scores (adaptive), the reference's refresh and overflow retries mix
+    in; the demo model plans for itself and fills spans with padding."""
+    one = GenerationOptions(length_scale=1)  # the plan's numbers are its spans' slots
+    cases = [("a", LONG, one),
+             ("bb", LONG, one.replace(dense=True, order="confidence")),
+             ("c", LONG, one.replace(order="margin", steps_ratio=0.5)),
+             ("dd", LONG, one.replace(on_overflow="retry", max_span_length=40)),
+             ("e", LONG, one.replace(order="adaptive", threshold=0.3)),
+             ("f", LONG, one.replace(kv_refresh="reference")),
+             ("g", LONG, one)]
+    solo = [alone(compact, *case) for case in cases]
+    chosen = [(PEOPLE.replace("Maya", name), None, GenerationOptions(max_new_tokens=300)) for name in ("Maya", "Ana")]
+    solo_chosen = [alone(demo, *case) for case in chosen]
+    compact.runner.ahead = demo.runner.ahead = True
+    try:
+        for i in (0, 1, 2, 3):
+            forwards = compact.runner.forwards
+            state = alone(compact, *cases[i])
+            assert state.tokens == solo[i].tokens and state.forwards == solo[i].forwards, cases[i]
+            assert compact.runner.forwards - forwards == state.forwards  # no void steps ahead alone
+        states, events, _ = batched(compact, cases, join_at={2: 3, 4: 9}, abort_at=5)
+        for i, state in states.items():
+            assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
+            assert state.forwards == solo[i].forwards
+        assert batched.engine.steps_ahead > 10
+        states, events, _ = batched(demo, chosen, join_at={1: 4}, abort_at=2)
+        for i, state in states.items():
+            assert state.tokens == solo_chosen[i].tokens and events[i] == solo_chosen[i].events
+        assert batched.engine.steps_ahead > 0  # its spans are short: most of its steps are planning
+    finally:
+        compact.runner.ahead = demo.runner.ahead = compact.network.device.type == "cuda"
+
+
 def test_a_request_aborted_in_flight_leaves_at_once(compact):
     """Aborted between launch and finish: its memory is free at once, its results are dropped,
     and the request it shared the step with goes on as if alone."""
@@ -273,6 +315,42 @@ def test_padded_steps_give_the_same_logits(compact):
         runner.step(live, forwards)
     assert any(s.width > 1 for s in shapes) and any(s.count > 1 for s in shapes)
     assert padded_steps  # steps with padding requests and padding rows both
+
+
+def test_a_denoising_step_ahead_in_a_graph_buffer_gives_the_real_step_s_logits(compact):
+    """What a CUDA graph replays for a denoising step launched ahead: the step packed before the
+    step in flight is finished (placeholder logit rows), its buffer then given that step's
+    commits on the device (Feed.apply_to_buffer), gives the logits of the step scheduled once the
+    commits are known, step after step of a round (sparse and dense)."""
+    from plandiff.model.kv_pool import KVPool
+    from plandiff.model.model_runner import Feed, ModelRunner
+    from plandiff.model.step_graphs import GraphShape, StepBuffer, pack_padded, padded_forward
+
+    network = compact.network
+    runner = ModelRunner(network, KVPool(network.config, network.device, network.dtype, 8192))
+    scratch = runner.pool.allocate(16)[0] * 16
+    for options in (GenerationOptions(length_scale=1), GenerationOptions(length_scale=1, dense=True, steps_ratio=0.5)):
+        seqs = [runner.admit(compact.new_state(compact.encode_prompt("z"), options, compact.encode_plan(LONG)))]
+        state, compared = seqs[0].state, 0
+        while state.phase is not Phase.DONE:
+            forward = state.schedule()
+            step = runner.launch(seqs, [forward])
+            ahead = state.ahead(forward)
+            if ahead is not None:
+                shape = GraphShape.of([ahead])
+                buffer, _ = pack_padded(seqs, [ahead], StepBuffer(shape, scratch))
+                buffer = buffer.to(network.device)
+                Feed(step.groups[0][1], [forward]).apply_to_buffer(buffer, shape, [ahead])
+                padded, _ = padded_forward(network, runner.pool, buffer, shape)
+            runner.finish(step)
+            if ahead is not None:
+                real = state.schedule()
+                assert (real.positions, real.segments, real.step) == (ahead.positions, ahead.segments, ahead.step)
+                unpadded, = runner.forward(seqs, [real])
+                torch.testing.assert_close(unpadded, padded[: len(real.logit_positions)], rtol=1e-5, atol=1e-4)
+                compared += 1
+        assert compared > 4
+        runner.release(seqs[0])
 
 
 def test_kept_step_buffers_hold_what_fresh_ones_do(compact):
