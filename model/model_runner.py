@@ -199,7 +199,7 @@ class ModelRunner:
             real = None if state.phase is Phase.DONE else state.schedule()
             if real is not None and state.phase is Phase.DENOISE:
                 forward = replace(forward, logit_positions=real.logit_positions)
-            if real != forward or state.phase is Phase.DONE:
+            if real != forward:
                 ahead.dropped.add(i)
             else:
                 ahead.forwards[i] = real

@@ -211,8 +211,7 @@ def pre_attention(x, norm_weight, qkv_weight, qkv_bias, cos, sin, eps: float, he
                   head_dim: int):
     """Packed x [T, hidden] → q [heads, T, d], kv [2, kv_heads, T, d] (keys, values): the input norm,
     one matmul for q, k and v, one rotation for q and k, keys and values side by side for the pool's
-    one write (a small step is bound by its kernel count; compiled, the concatenation can fuse with
-    the rotation)."""
+    one write (the SDPA path; the paged path takes `projection` and rotates and stores in one kernel)."""
     qkv = projection(x, norm_weight, qkv_weight, qkv_bias, eps).unflatten(-1, (-1, head_dim)).transpose(0, 1)
     rotated = rotate(qkv[: heads + kv_heads], cos, sin)
     return rotated[:heads], torch.cat((rotated[heads:], qkv[heads + kv_heads:])).unflatten(0, (2, kv_heads))
