@@ -278,15 +278,11 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
                               "denoise": summary(denoise_steps), "denoise_wide": summary(wide_steps)}
 
     def ahead_wall(state) -> float:
-        """Seconds of one request driven as a worker drives it: the next step launched while one
-        is in flight where it can be (Engine.launch_ahead; on CUDA), not waited for in between."""
-        engine.add("ahead", state)
+        """Seconds of one request driven as a worker drives it (Engine.run: the next step launched
+        while one is in flight where it can be; on CUDA), not waited for in between."""
         sync(dev)
         start = time.perf_counter()
-        while engine.has_work() or engine.in_flight:
-            if engine.in_flight or engine.launch():
-                engine.launch_ahead()
-                engine.finish()
+        engine.run({"ahead": state})
         sync(dev)
         return time.perf_counter() - start
 

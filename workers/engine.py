@@ -144,13 +144,16 @@ class Engine:
         return outputs
 
     def run(self, states: dict[str, RequestState]) -> dict[str, RequestState]:
-        """Drive these requests together to their ends (a batch with nobody waiting on events)."""
+        """Drive these requests together to their ends (a batch with nobody waiting on events), the
+        next step launched while one is in flight where it can be (launch_ahead), as a worker does."""
         for request_id, state in states.items():
             self.add(request_id, state)
-        while self.has_work():
-            for output in self.step():
-                if output.error is not None:
-                    raise output.error
+        while self.has_work() or self.in_flight:
+            if self.in_flight or self.launch():
+                self.launch_ahead()
+                for output in self.finish():
+                    if output.error is not None:
+                        raise output.error
         return states
 
     def kv_bytes_held(self) -> int:
