@@ -7,7 +7,7 @@ spans of one round) after a causal prefix; one-token queries are causal. Each co
 captured in a CUDA graph of 20 calls (the launches' host cost is not the kernel's) and replayed;
 the time is the median replay over 20. The floor: the larger of the keys' and values' bytes over the
 copy rate and the q·k and p·v FLOPs of every (query, key) pair over the bf16 matmul rate, both
-measured in the run (bench_engine.device_rates).
+measured in the run (bench_floors.device_rates).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def run_bench_attention(device: str, cases: list[str], json_path: str | None = N
 
     from plandiff.model.paged_attention import KernelConfig, default_config
 
-    from .bench_engine import device_rates
+    from .bench_floors import device_rates
 
     if not device.startswith("cuda") or not torch.cuda.is_available():
         print("plandiff bench attention: needs a CUDA device (the kernel is Triton's)", file=sys.stderr)

@@ -1,9 +1,7 @@
 """`plandiff bench engine`: the batched engine against the device's floors, measured in one run.
 
-Floors (measured here, not taken from a data sheet): the weight-read floor of one forward is the
-weight bytes over the device's measured copy rate (bytes read + written by a large device copy); the
-compute floor of a step is 2 × parameters × tokens (plus the head's rows) over the measured rate of
-a large matmul in the network's dtype (bf16 on the GPU). A step's roofline is the larger of the two.
+Floors: measured in the same run (bench_floors.py: weight bytes over the copy rate, FLOPs over the
+matmul rate in the network's dtype, bf16 on the GPU).
 
 Sections: (1) batch-1 steps (planning, denoising with the plan's live tokens, a 256-token
 denoising step); (2) batch-1 end to end, PD against plandiff's own autoregressive mode on the same
@@ -21,6 +19,8 @@ import json
 import statistics
 import sys
 import time
+
+from .bench_floors import floors, roofline, sync
 
 # Each shape with its tokenizer layout (random_checkpoint.py): the 7B shape has Dream's 152,064-row
 # vocabulary (its head is part of what a step costs); "small", a CPU run's, the compact 272 rows
@@ -65,62 +65,6 @@ def random_runtime(shape: str, device: str, dtype: str):
     network.eval()
     profile = TagProfile.from_overrides(config.plandiff_tags)
     return ModelRuntime(Checkpoint(config, network, tokenizer, profile, TagVocabulary.from_tokenizer(tokenizer, profile)))
-
-
-def sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_rates(device, dtype) -> tuple[float, float]:
-    """This device's copy rate (bytes read + written per second by a large copy) and the rate of a
-    large matmul in `dtype` (FLOP/s)."""
-    import torch
-
-    size = (1 << 30) if device.type == "cuda" else (1 << 26)
-    src = torch.empty(size, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    n = 256 if device.type == "cuda" else 32
-    a = torch.randn(n * 32, n * 32, device=device, dtype=dtype)
-    b = torch.randn_like(a)
-
-    def best(fn, reps=10):
-        fn()
-        sync(device)
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    copy = best(lambda: dst.copy_(src))
-    matmul = best(lambda: a @ b)
-    return 2 * size / copy, 2 * (n * 32) ** 3 / matmul
-
-
-def floors(network) -> dict:
-    """The device's rates (device_rates, in the network's dtype) and the weight bytes they give
-    floors for."""
-    params = sum(p.numel() for p in network.parameters())
-    embed = network.model.embed_tokens.weight.numel()
-    head = network.lm_head.weight.numel()
-    weight_bytes = sum(p.numel() * p.element_size() for p in network.parameters()) - embed * network.dtype.itemsize
-    copy_rate, matmul_rate = device_rates(network.device, network.dtype)
-    return {
-        "parameters": params, "matmul_parameters": params - embed - head, "head_parameters": head,
-        "weight_bytes_read_per_forward": weight_bytes,  # every matrix but the embedding (rows are gathered)
-        "copy_rate_bytes_per_s": copy_rate, "matmul_flops_per_s": matmul_rate,
-    }
-
-
-def roofline(f: dict, tokens: int, logit_rows: int) -> dict:
-    weight = f["weight_bytes_read_per_forward"] / f["copy_rate_bytes_per_s"]
-    compute = 2 * (f["matmul_parameters"] * tokens + f["head_parameters"] * logit_rows) / f["matmul_flops_per_s"]
-    return {"weight_floor_s": weight, "compute_floor_s": compute, "floor_s": max(weight, compute)}
 
 
 def forced_plan(spans: int, slots: int) -> str:
