@@ -246,7 +246,7 @@ class RequestState:
             return None
         key = (sampling.temperature, sampling.top_p, sampling.top_k)
         if self.phase is Phase.PLAN:
-            if self.forced is not None or self.logits_processor is not None or (self._bounds and not self._text_only()):
+            if self.forced is not None or self.logits_processor is not None or self._bounded_plan_token():
                 return None
             return ("plan", key, tuple(self._plan_banned()))
         return self._denoise_group()
@@ -351,6 +351,13 @@ class RequestState:
                 kept[allowed] = logits[allowed]
                 logits = kept
         return next_token(logits, self.options.sampling, self.generator)
+
+    def _bounded_plan_token(self) -> bool:
+        """The next planning token is held to a few allowed ids (a re-planned span's length, a topic
+        at max_topic_tokens): `_choose_plan_token` applies them, a group's ban list does not."""
+        if self._text_only():
+            return False
+        return bool(self._bounds) or self.options.constrained and topic_bound_tokens(self.parser, self.options) is not None
 
     def _plan_banned(self) -> list[int]:
         if self._text_only():

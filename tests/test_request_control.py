@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from plandiff.model import GenerationOptions, InvalidPlanError, InvalidRequestError
+from plandiff.model.decisions import decide
 from plandiff.model.events import (
     DenoiseStep, Finished, PlanToken, RoundJoined, RoundPlanned, RoundReplanned, SpanFilled, SpanPromised, SpanRetried,
 )
@@ -80,6 +81,21 @@ def test_a_topic_is_bounded(compact):
     assert all(len(e.topic_ids) == 3 for e in promised)
     with pytest.raises(InvalidPlanError, match="max_topic_tokens"):
         compact.generate("x", GenerationOptions(max_topic_tokens=1), plan="<promise>-<topic>alpha beta 2</topic><|im_end|>")
+
+
+def test_a_topic_at_its_bound_is_bounded_in_a_batched_decision_too(compact):
+    """Without a logits processor a planning token is decided on the device for its decision
+    group: at max_topic_tokens the group must not let a word through where only a length may come."""
+    plan = compact.encode_plan("<promise>-<topic>alpha beta gamma 2</topic><|im_end|>")[0]
+    state = compact.new_state(compact.encode_prompt("x"), GenerationOptions(max_topic_tokens=2))
+    while state.parser.topic is None or len(state.parser.topic) < 2:
+        state.advance(state.schedule(), None, plan[len(state.tokens) - state.prompt_length])
+    word = plan[len(state.tokens) - state.prompt_length]  # "gamma", a third topic token
+    logits = torch.zeros(1, compact.network.config.vocab_size)
+    logits[0, word] = 10.0
+    group = state.decision_group(state.schedule())
+    chosen = int(decide(group, logits)[0]) if group is not None else state._choose_plan_token(logits[0])
+    assert chosen in compact.codec.tags.digits
 
 
 def test_forced_plans_respect_the_bounds(compact):
