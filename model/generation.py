@@ -280,9 +280,10 @@ class RequestState:
         what it needs of that step's decisions on the device (ModelRunner.launch_ahead), and checks
         it against `schedule()` once `forward` is finished (ModelRunner.void_ahead).
 
-        Planning: the next token's forward, whatever that token is: plain text (autoregressive
-        mode, or a fallback), a cache to extend, room for one more token; its input id is the
-        step's decision, packed `with state.reserved()`; a token that ends the answer makes it void.
+        Planning: the next token's forward, whatever that token is, with a cache to extend and room
+        for one more token; its input id is the step's decision (or the token a forced plan knows),
+        packed `with state.reserved()`. A token that ends the round or the answer makes it void (a
+        forced plan's is known: no step goes ahead of it).
         Denoising: the round's next step, when each live span commits a count known beforehand
         (the entropy, confidence and margin orders) and keeps masks after it: the same positions,
         their ids those committed on the device; its logit positions are placeholders, as many as
@@ -290,10 +291,17 @@ class RequestState:
         if self.phase is Phase.DENOISE:
             return self._denoise_ahead(forward)
         n = len(self.tokens)
-        if (self.phase is not Phase.PLAN or not self._text_only() or not self.options.kv_cache or self._dirty
-                or forward.logit_positions != [n - 1] or n + 1 >= self.max_length):
+        if (self.phase is not Phase.PLAN or not self.options.kv_cache or self._dirty
+                or forward.logit_positions != [n - 1] or n + 1 >= self.max_length
+                or self.known_token() in (self.tags.sync, *self.tags.end)):
             return None
         return Forward([n], n + 1, [n])
+
+    def known_token(self) -> int | None:
+        """The token this planning step takes whatever its logits are (a forced plan's), or None."""
+        if self.phase is not Phase.PLAN or self.forced is None:
+            return None
+        return self.forced[self.round.index][len(self.tokens) - self.round.plan_start]
 
     def _denoise_ahead(self, forward: Forward) -> Forward | None:
         options = self.options
@@ -311,10 +319,11 @@ class RequestState:
 
     @contextmanager
     def reserved(self) -> Iterator[None]:
-        """The next token's place (a placeholder id, the layout key a planning token gets) while a
-        step ahead is packed, then taken back; the token appended later has the same key, so packed
-        copies of the keys stay valid."""
-        self.tokens.append(self.tags.mask)
+        """The next token's place (the token if known, else a placeholder id; the layout key a
+        planning token gets) while a step ahead is packed, then taken back; the token appended
+        later has the same key, so packed copies of the keys stay valid."""
+        token = self.known_token()
+        self.tokens.append(self.tags.mask if token is None else token)
         self.layout.append(CAUSAL, self.round.index)
         try:
             yield
@@ -328,9 +337,9 @@ class RequestState:
         return self.options.mode == "autoregressive" or self.fallback is not None
 
     def _choose_plan_token(self, logits: torch.Tensor) -> int:
-        round_tokens = self.tokens[self.round.plan_start:]
         if self.forced is not None:
-            return self.forced[self.round.index][len(round_tokens)]
+            return self.known_token()
+        round_tokens = self.tokens[self.round.plan_start:]
         logits = filter_logits(logits, self.options.sampling)
         if self.logits_processor is not None:
             logits = self.logits_processor(round_tokens, logits)

@@ -48,6 +48,7 @@ class Launched:
     logits: list[torch.Tensor]  # each forward's logit rows (device)
     groups: list[tuple[list[int], torch.Tensor]]  # each decision group's members and decisions (device)
     lap: _Laps
+    keys: list[tuple] = field(default_factory=list)  # each group's key (RequestState.decision_group)
     # every group's decisions, flat, on their way to the host (pinned, copied without waiting) and
     # the event that says they are there (None off CUDA): a later step queued behind this one is
     # not waited for
@@ -58,30 +59,51 @@ class Launched:
 
 @dataclass
 class Feed:
-    """What a step launched ahead takes from the step in flight before it, on the device (its
-    `decided`): planning tokens, one input id per request; or a denoising step's proposals and
-    commits [2, rows], in the rows of `before` (that step's forwards): each committed proposal is
-    its slot's input id, and the rows not committed are the new step's logit rows, in order."""
+    """What a step launched ahead takes, on the device, from the step in flight before it: that
+    step's decisions (`decided`: Launched.groups) in the rows of its forwards (`before`). A planning
+    request's decided token is its next input id (one a forced plan knows is packed already); a
+    denoising request's committed proposals are its slots' ids, and its rows not committed are the
+    new step's logit rows, in order."""
 
-    decided: torch.Tensor
-    before: list[Forward] | None = None
+    decided: list[tuple[list[int], torch.Tensor]]
+    before: list[Forward]
 
     def apply(self, ids: torch.Tensor, logit_rows: torch.Tensor, starts: list[int], forwards: list[Forward]) -> None:
         """Into a packed step's input ids and logit rows (device views; `starts`: each request's
         first query row)."""
-        if self.before is None:  # one position per request, in the requests' order
-            ids[: len(self.decided)] = self.decided
+        groups = self.decided
+        if not groups:  # every input id is known on the host
             return
-        slots, rows = [], []
-        for start, before, f in zip(starts, self.before, forwards):
-            for q in before.logit_positions:  # the logits at q decide the slot q + 1
+        members, decided = groups[0]
+        if len(groups) == 1 and decided.dim() == 1 and members == list(range(len(forwards))):
+            ids[: len(forwards)] = decided  # one planning token per request, in order (decoding)
+            return
+        offsets, first = {}, 0
+        for members, decided in groups:
+            for i in members:
+                offsets[i], first = first, first + len(self.before[i].logit_positions)
+        # per row, in the requests' order: its decision, the slot it feeds, the row whose logits the
+        # new step may need, and its kind (0 a denoising proposal, 1 a planning token, 2 known)
+        source, slots, rows, kinds = [], [], [], []
+        for i, (start, before, f) in enumerate(zip(starts, self.before, forwards)):
+            if not before.segments:  # planning: its one new position
+                source.append(offsets.get(i, 0))
+                kinds.append(1 if i in offsets else 2)
+                slots.append(start)
+                rows.append(start)
+                continue
+            for j, q in enumerate(before.logit_positions):  # the logits at q decide the slot q + 1
+                source.append(offsets[i] + j)
+                kinds.append(0)
                 slots.append(start + bisect_left(f.positions, q + 1))
                 rows.append(start + bisect_left(f.positions, q))
-        index = to_device(host_longs(slots + rows), ids.device).view(2, -1)
-        x0, commit = self.decided[0], self.decided[1].bool()
-        ids[index[0]] = torch.where(commit, x0, ids[index[0]])
-        kept = sum(len(f.logit_positions) for f in forwards)
-        logit_rows[:kept] = index[1][torch.sort(commit.to(torch.int32), stable=True).indices[:kept]]
+        index = to_device(host_longs(source + slots + rows + kinds), ids.device).view(4, -1)
+        x0 = torch.cat([d if d.dim() == 1 else d[0] for _, d in groups])[index[0]]
+        commit = torch.cat([torch.zeros_like(d) if d.dim() == 1 else d[1] for _, d in groups])[index[0]].bool()
+        commit &= index[3] == 0
+        ids[index[1]] = torch.where(commit | (index[3] == 1), x0, ids[index[1]])
+        kept = sum(len(f.logit_positions) for f in forwards)  # planning rows and masked slots, in order
+        logit_rows[:kept] = index[2][torch.sort(commit.to(torch.int32), stable=True).indices[:kept]]
 
     def apply_to_buffer(self, buffer: torch.Tensor, shape: GraphShape, forwards: list[Forward]) -> None:
         """Into a graph step's integer buffer on the device (step_graphs.pack_padded's layout)."""
@@ -151,49 +173,54 @@ class ModelRunner:
         lap("device", sync=True)
         if decided is None:
             decided = self._decide(seqs, forwards, logits, groups)
-        step = Launched(seqs, forwards, logits, decided, lap)
-        if decided:
-            flat = torch.cat([d.flatten() for _, d in decided])
-            if flat.is_cuda:
-                step.values = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
-                step.values.copy_(flat, non_blocking=True)
-                step.ready = torch.cuda.Event()
-                step.ready.record()
-            else:
-                step.values = flat
+        step = Launched(seqs, forwards, logits, decided, lap, list(groups))
+        self._send(step)
         return step
+
+    @staticmethod
+    def _send(step: Launched) -> None:
+        """Queue the copy of the step's decisions to the host, not waited for."""
+        if not step.groups:
+            return
+        flat = torch.cat([d.flatten() for _, d in step.groups])
+        if flat.is_cuda:
+            step.values = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            step.values.copy_(flat, non_blocking=True)
+            step.ready = torch.cuda.Event()
+            step.ready.record()
+        else:
+            step.values = flat
 
     def launch_ahead(self, step: Launched) -> Launched | None:
         """The step after `step`, queued while `step` is still in flight, when each of its requests'
-        next forward can be known without `step`'s decisions (RequestState.ahead) and `step` decides
-        them in one group, in the requests' order: the next planning token of each (its input id is
-        that decision, on the device) or each request's next denoising step (the committed tokens
-        its ids, the rows left masked its logit rows: Feed). The host packs and queues it while the
-        device computes `step`. None when it cannot be known yet. Once `step` is finished,
-        `void_ahead` drops the requests whose next forward is another (an answer ended, a round
-        filled)."""
-        if (not self.ahead or step.dropped or len(step.groups) != 1
-                or step.groups[0][0] != list(range(len(step.seqs)))):
+        next forward can be known without `step`'s decisions (RequestState.ahead) and its input ids
+        are those decisions, on the device, or known on the host: the next planning token of each
+        (decided by `step`, or a forced plan's) or each request's next denoising step (the committed
+        tokens its ids, the rows left masked its logit rows: Feed). The host packs and queues it
+        while the device computes `step`. None when it cannot be known yet. Once `step` is
+        finished, `void_ahead` drops the requests whose next forward is another (an answer or a
+        round ended, a span filled)."""
+        if not self.ahead or step.dropped:
             return None
         forwards = [s.state.ahead(f) for s, f in zip(step.seqs, step.forwards)]
-        if None in forwards:
+        if None in forwards or any(f.key_length > len(s.slot_list) for s, f in zip(step.seqs, forwards)):
             return None
-        decided = step.groups[0][1]
-        if decided.dim() == 2:  # denoising steps
-            return self.launch(step.seqs, forwards, feed=Feed(decided, step.forwards))
-        if any(f.key_length > len(s.slot_list) for s, f in zip(step.seqs, forwards)):
-            return None
+        decided = {i for members, _ in step.groups for i in members}
+        planning = [s.state for s, f in zip(step.seqs, forwards) if not f.segments]
+        if any(i not in decided and (f.segments or s.state.known_token() is None)
+               for i, (s, f) in enumerate(zip(step.seqs, forwards))):
+            return None  # an input id only this request's own decision on the host will tell
         with ExitStack() as places:
-            for seq in step.seqs:
-                places.enter_context(seq.state.reserved())
-            return self.launch(step.seqs, forwards, feed=Feed(decided))
+            for state in planning:
+                places.enter_context(state.reserved())
+            return self.launch(step.seqs, forwards, feed=Feed(step.groups, step.forwards))
 
-    @staticmethod
-    def void_ahead(ahead: Launched) -> int:
+    def void_ahead(self, ahead: Launched) -> int:
         """Drop from a step launched ahead, once the step before it is finished, each request whose
         next forward is not the one it computes (its last token ended it, a span filled); how
         many. A denoising step's placeholder logit positions become the real ones (the device
-        chose those rows)."""
+        chose those rows); planning tokens whose decision group changed with the token before them
+        (constrained planning's bans follow the plan) are decided again."""
         for i, (seq, forward) in enumerate(zip(ahead.seqs, ahead.forwards)):
             state = seq.state
             real = None if state.phase is Phase.DONE else state.schedule()
@@ -203,6 +230,14 @@ class ModelRunner:
                 ahead.dropped.add(i)
             else:
                 ahead.forwards[i] = real
+        live = [i for i in range(len(ahead.seqs)) if i not in ahead.dropped]
+        groups = {key: [live[j] for j in members] for key, members in
+                  self._groups([ahead.seqs[i] for i in live], [ahead.forwards[i] for i in live]).items()}
+        before = {key: kept for key, (members, _) in zip(ahead.keys, ahead.groups)
+                  if (kept := [i for i in members if i not in ahead.dropped])}
+        if groups != before:
+            ahead.groups, ahead.keys = self._decide(ahead.seqs, ahead.forwards, ahead.logits, groups), list(groups)
+            self._send(ahead)
         return len(ahead.dropped)
 
     def finish(self, step: Launched) -> list[Exception | None]:

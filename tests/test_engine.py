@@ -43,12 +43,12 @@ def alone(runtime, prompt, plan, options):
     return state
 
 
-def batched(runtime, cases, join_at, abort_at):
+def batched(runtime, cases, join_at, abort_at, budget=(64, 40)):
     """All cases through one engine, driven as a worker drives it (the next step launched ahead
     when it can be): those in `join_at` added at that step, the extra request `abort_at` names
     aborted at that step, both while steps are in flight (between launch and finish); each
-    request's events, drained step by step."""
-    engine = Engine(runtime.runner, max_tokens_per_step=64, max_requests=6, max_logit_rows_per_step=40)
+    request's events, drained step by step. `budget`: tokens and logit rows per step."""
+    engine = Engine(runtime.runner, budget[0], max_requests=6, max_logit_rows_per_step=budget[1])
     pool = runtime.runner.pool
     held_before = pool.blocks - len(pool.free_blocks)  # on CUDA, the padding rows' scratch block
     states, events = {}, {}
@@ -185,6 +185,40 @@ def test_denoising_steps_launched_ahead_change_nothing(compact, demo):
         assert batched.engine.steps_ahead > 0  # its spans are short: most of its steps are planning
     finally:
         compact.runner.ahead = demo.runner.ahead = compact.network.device.type == "cuda"
+
+
+def test_planning_steps_launched_ahead_change_nothing(compact, demo):
+    """A planned-diffusion planning step goes ahead too: its input id is the step in flight's
+    decision on the device (or a forced plan's next token), and where the token before changed the
+    step's decision group (constrained planning's bans follow the plan) it is decided again once
+    that token is known; a token that ends the round makes it void. Batched with requests joining,
+    one aborted, planning and denoising requests in one step and several decision groups (forced,
+    sampled and seeded plans, decoding): the tokens and events of each request alone without
+    steps ahead."""
+    plan = "<promise>-<topic>Maya 9</topic><promise>-<topic>Omar 9</topic><|im_end|>"
+    cases = [(PEOPLE, None, GenerationOptions(max_new_tokens=300)),
+             (PEOPLE.replace("Maya", "Ana"), None, GenerationOptions(order="confidence", max_new_tokens=300)),
+             (PEOPLE, plan, GenerationOptions()),
+             (PEOPLE.replace("Omar", "Joon"), None, GenerationOptions(constrained=False, max_new_tokens=300)),
+             (PEOPLE, None, GenerationOptions(mode="autoregressive", max_new_tokens=40)),
+             (PEOPLE.replace("34", "27"), None, GenerationOptions(temperature=0.7, seed=5, max_new_tokens=300))]
+    solo = [alone(demo, *case) for case in cases]
+    demo.runner.ahead = True
+    try:
+        forwards = demo.runner.forwards
+        state = alone(demo, *cases[0])
+        assert state.tokens == solo[0].tokens and state.events == solo[0].events
+        void = demo.runner.forwards - forwards - state.forwards
+        assert void <= len(state.rounds)  # at most the step after each round's last planning token
+        forwards = demo.runner.forwards
+        state = alone(demo, *cases[2])
+        assert state.tokens == solo[2].tokens and demo.runner.forwards - forwards == state.forwards  # known: none void
+        states, events, _ = batched(demo, cases, join_at={1: 3, 2: 9, 5: 14}, abort_at=6, budget=(1024, 512))
+        for i, state in states.items():
+            assert state.tokens == solo[i].tokens and events[i] == solo[i].events, cases[i]
+        assert batched.engine.steps_ahead > 30
+    finally:
+        demo.runner.ahead = demo.network.device.type == "cuda"
 
 
 def test_a_request_aborted_in_flight_leaves_at_once(compact):
@@ -337,12 +371,12 @@ def test_a_denoising_step_ahead_in_a_graph_buffer_gives_the_real_step_s_logits(c
         while state.phase is not Phase.DONE:
             forward = state.schedule()
             step = runner.launch(seqs, [forward])
-            ahead = state.ahead(forward)
+            ahead = state.ahead(forward) if state.phase is Phase.DENOISE else None
             if ahead is not None:
                 shape = GraphShape.of([ahead])
                 buffer, _ = pack_padded(seqs, [ahead], StepBuffer(shape, scratch))
                 buffer = buffer.to(network.device)
-                Feed(step.groups[0][1], [forward]).apply_to_buffer(buffer, shape, [ahead])
+                Feed(step.groups, [forward]).apply_to_buffer(buffer, shape, [ahead])
                 padded, _ = padded_forward(network, runner.pool, buffer, shape)
             runner.finish(step)
             if ahead is not None:
