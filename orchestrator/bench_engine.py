@@ -221,14 +221,17 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
     report["batch1_steps"] = {**forward_only, "prefill": summary(log[:1]), "plan": summary(plan_steps),
                               "denoise": summary(denoise_steps), "denoise_wide": summary(wide_steps)}
 
-    def ahead_wall(state) -> float:
+    def ahead_wall(state) -> dict:
         """Seconds of one request driven as a worker drives it (Engine.run: the next step launched
-        while one is in flight where it can be; on CUDA), not waited for in between."""
+        while one is in flight where it can be; on CUDA), not waited for in between; how many of
+        its steps went ahead, and how many of those were void."""
         sync(dev)
+        before = engine.steps_ahead, engine.dropped_ahead
         start = time.perf_counter()
         engine.run({"ahead": state})
         sync(dev)
-        return time.perf_counter() - start
+        return {"ahead_seconds": time.perf_counter() - start, "steps_ahead": engine.steps_ahead - before[0],
+                "void_ahead": engine.dropped_ahead - before[1]}
 
     say("batch 1 end to end, PD and AR")
     # (2) batch-1 end to end: PD (steps_ratio 1.0, 0.5) vs the AR mode on the same answer length;
@@ -238,14 +241,14 @@ def run_bench_engine(model: str | None, shape: str, device: str, dtype: str, pro
         log = drive([state := new_state(runtime, prompt, options, plan)])
         e2e[name] = {"seconds": sum(s["seconds"] for s in log), "critical_path": state.forwards,
                      "generated": len(state.tokens) - len(prompt),
-                     "ahead_seconds": ahead_wall(new_state(runtime, prompt, options, plan))}
+                     **ahead_wall(new_state(runtime, prompt, options, plan))}
     answer = e2e["pd_1.0"]["generated"]
     ar = pd.replace(mode="autoregressive", max_new_tokens=answer)
     log = drive([state := new_state(runtime, prompt, ar)])
     e2e["ar"] = {"seconds": sum(s["seconds"] for s in log), "critical_path": state.forwards,
                  "generated": len(state.tokens) - len(prompt),
                  "median_decode_step_s": statistics.median(s["seconds"] for s in log[1:]),
-                 "ahead_seconds": ahead_wall(new_state(runtime, prompt, ar))}
+                 **ahead_wall(new_state(runtime, prompt, ar))}
     e2e["ar"]["x_floor_per_token"] = e2e["ar"]["median_decode_step_s"] / roofline(f, 1, 1)["floor_s"]
     for name in ("pd_1.0", "pd_0.5"):
         row = e2e[name]
@@ -319,11 +322,12 @@ def print_table(r: dict) -> None:
                   f"{s['x_floor']:7.2f} {s['x_compute_floor']:9.2f}")
     e = r["batch1_end_to_end"]
     print(f"{'end to end, batch 1':28s} {'wall s':>7s} {'crit. path':>10s} {'speed-up':>8s} {'of ratio':>8s}  "
-          f"with steps ahead: {'wall s':>7s} {'speed-up':>8s} {'of ratio':>8s}")
+          f"with steps ahead: {'wall s':>7s} {'speed-up':>8s} {'of ratio':>8s} {'ahead':>5s} {'void':>4s}")
     for name, s in e.items():
         print(f"{name:28s} {s['seconds']:7.3f} {s['critical_path']:10d} {s.get('speedup_vs_ar', 1):8.2f} "
               f"{s.get('share_of_ratio', 1):8.2f}  {'':17s} {s['ahead_seconds']:7.3f} "
-              f"{s.get('ahead_speedup_vs_ar', 1):8.2f} {s.get('ahead_share_of_ratio', 1):8.2f}")
+              f"{s.get('ahead_speedup_vs_ar', 1):8.2f} {s.get('ahead_share_of_ratio', 1):8.2f} "
+              f"{s['steps_ahead']:5d} {s['void_ahead']:4d}")
     print(f"AR decode step {e['ar']['median_decode_step_s'] * 1e3:.2f} ms = {e['ar']['x_floor_per_token']:.2f} × floor")
     if "served_s_per_forward" in e["ar"]:
         print(f"AR through the orchestrator, batch 1 (steps launched ahead, the prefill included): "

@@ -305,6 +305,7 @@ def test_bench_engine_prints_a_table_and_json(tmp_path, capsys):
     e2e = report["batch1_end_to_end"]
     assert e2e["ar"]["critical_path"] > e2e["pd_1.0"]["critical_path"]
     assert e2e["pd_1.0"]["ahead_speedup_vs_ar"] == pytest.approx(e2e["ar"]["ahead_seconds"] / e2e["pd_1.0"]["ahead_seconds"])
+    assert e2e["pd_1.0"]["steps_ahead"] == e2e["ar"]["steps_ahead"] == 0  # on CUDA only: nothing overlaps on the CPU
     # the steps of a run timed by phase (AR's decode steps, PD's denoising steps of all its requests):
     # a denoising step of 2 requests has host and device work; the forced 4-slot span takes 4 of them
     assert set(report["step_phases"]) == {"ar_1", "ar_2", "pd_denoise_1", "pd_denoise_2"}
