@@ -370,7 +370,7 @@ class RequestState:
 
     def _plan_banned(self) -> list[int]:
         if self._text_only():
-            return sorted(self.tags.structural - set(self.tags.end))
+            return list(self.tags.not_text)
         if self.options.constrained:
             return banned_plan_tokens(self.parser, self.round.index, self.options)
         return []

@@ -8,6 +8,7 @@ profile of the released checkpoints is the default; a checkpoint overrides any e
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from functools import cached_property
 from typing import Any
 
 from .errors import CheckpointError
@@ -95,13 +96,19 @@ class TagVocabulary:
             span_length_unit=profile.span_length_unit,
         )
 
-    @property
+    @cached_property
     def structural(self) -> frozenset[int]:
         """Ids that are never ordinary text: every tag, the mask and the end tokens."""
         return frozenset(
             (self.promise_open, self.promise_close, self.span_open, self.span_close,
              self.sync, self.pad, self.mask, *self.end)
         )
+
+    @cached_property
+    def not_text(self) -> tuple[int, ...]:
+        """The ids a token of plain text may not be: the structural ones but the end tokens (read
+        at every step of every autoregressive request)."""
+        return tuple(sorted(self.structural - set(self.end)))
 
     def digit_value(self, token: int) -> int | None:
         try:
