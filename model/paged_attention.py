@@ -66,14 +66,14 @@ def _build():
                 BLOCK_N: tl.constexpr, INDEXED: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr,
                 _CAUSAL: tl.constexpr, _PADDING: tl.constexpr):
         group: tl.constexpr = HEADS // KV_HEADS
-        b = tl.program_id(0) // KV_HEADS
-        h = tl.program_id(0) % KV_HEADS
-        r = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # (query position t, head g) of this KV head
+        b = tl.program_id(1) // KV_HEADS
+        h = tl.program_id(1) % KV_HEADS
+        r = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (query position t, head g) of this KV head
         t = r // group
         head = h * group + r % group
         in_grid = t < width
         grid_row = b * width + t  # the query's row in the requests' padded grid
-        count = tl.num_programs(0) // KV_HEADS
+        count = tl.num_programs(1) // KV_HEADS
         q_pos = tl.load(query_ptr + grid_row, mask=in_grid, other=0)
         q_region = tl.load(query_ptr + count * width + grid_row, mask=in_grid, other=_PADDING)
         q_epoch = tl.load(query_ptr + 2 * count * width + grid_row, mask=in_grid, other=0)
@@ -183,7 +183,9 @@ def paged_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, r
     group = heads // kv_heads
     config = config or default_config(width, group)
     length = read_slots.shape[1]
-    grid = (count * kv_heads, -(-width * group // config.block_m))
+    # the blocks of one request and KV head are neighbours in launch order (the first axis is the
+    # fastest), so its keys and values, read by each of them, come from L2 after the first
+    grid = (-(-width * group // config.block_m), count * kv_heads)
     splits = splits or key_splits(grid[0] * grid[1], length, q.device, config.block_n)
     chunk = -(-length // (splits * config.block_n)) * config.block_n
     splits = -(-length // chunk)
