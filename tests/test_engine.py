@@ -360,7 +360,8 @@ def test_a_denoising_step_ahead_in_a_graph_buffer_gives_the_real_step_s_logits(c
     commits on the device (Feed.apply_to_buffer), gives the logits of the step scheduled once the
     commits are known, step after step of a round (sparse and dense)."""
     from plandiff.model.kv_pool import KVPool
-    from plandiff.model.model_runner import Feed, ModelRunner
+    from plandiff.model.feed import Feed
+    from plandiff.model.model_runner import ModelRunner
     from plandiff.model.step_graphs import GraphShape, StepBuffer, pack_padded, padded_forward
 
     network = compact.network
