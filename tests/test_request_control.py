@@ -93,9 +93,10 @@ def test_a_topic_at_its_bound_is_bounded_in_a_batched_decision_too(compact):
     word = plan[len(state.tokens) - state.prompt_length]  # "gamma", a third topic token
     logits = torch.zeros(1, compact.network.config.vocab_size)
     logits[0, word] = 10.0
-    group = state.decision_group(state.schedule())
-    chosen = int(decide(group, logits)[0]) if group is not None else state._choose_plan_token(logits[0])
-    assert chosen in compact.codec.tags.digits
+    forward = state.schedule()
+    group = state.decision_group(forward)  # as the model runner decides: for the group, or alone
+    state.advance(forward, logits, None if group is None else int(decide(group, logits)[0]))
+    assert state.tokens[-1] in compact.codec.tags.digits
 
 
 def test_forced_plans_respect_the_bounds(compact):
