@@ -5,6 +5,7 @@ runtime loads and generates with; `plandiff eval`, `probe` and `bench train-step
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,6 +113,51 @@ def test_training_continues_from_a_checkpoint(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["train", "--config", str(tmp_path / "bad.yaml"), "--steps", "1", "--device", "cpu"]) == 2
     assert "network.hidden_size=32" in capsys.readouterr().err
+
+
+def test_a_tokenizer_built_from_the_first_examples_and_the_rest_streamed(tmp_path, capsys):
+    """`data.tokenizer_examples`: the tokenizer is trained on that many of the first training
+    examples (the same as a rebuild from them), and the run streams its examples while it trains,
+    as with a named tokenizer (so it may skip into the stream): a recipe needs no tokenizer folder
+    kept from an earlier run."""
+    from plandiff.model.training.recipe import build_tokenizer
+    from plandiff.model.training.synthetic import make_split
+
+    recipe = yaml.safe_load(open(RECIPE))
+    recipe.update(output=str(tmp_path / "out"))
+    recipe["data"].update(tokenizer_examples=50, vocab_size=300)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert cli.main(["train", "--config", str(tmp_path / "r.yaml"), "--steps", "2", "--device", "cpu"]) == 0
+    built = ModelRuntime.load(tmp_path / "out").tokenizer.get_vocab()
+    assert built == build_tokenizer(make_split("train", 50, recipe["data"].get("seed", 0)), 300).get_vocab()
+    assert json.loads((tmp_path / "out" / "training.json").read_text())["data"]["tokenizer_examples"] == 50
+    # streamed like a named tokenizer's run, it may start further on in the stream, as a twin does
+    recipe["data"]["skip"] = 100
+    recipe.update(output=str(tmp_path / "later"))
+    (tmp_path / "later.yaml").write_text(yaml.safe_dump(recipe))
+    assert cli.main(["train", "--config", str(tmp_path / "later.yaml"), "--steps", "1", "--device", "cpu"]) == 0
+    del recipe["data"]["tokenizer_examples"]  # a tokenizer from all the examples: none to skip into
+    (tmp_path / "later.yaml").write_text(yaml.safe_dump(recipe))
+    refused(capsys, ["train", "--config", str(tmp_path / "later.yaml"), "--steps", "1", "--device", "cpu"], "data.skip")
+    recipe["data"]["tokenizer_examples"] = 50
+    recipe["data"]["tokenizer"] = str(tmp_path / "out")
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(recipe))
+    refused(capsys, ["train", "--config", str(tmp_path / "both.yaml"), "--steps", "1", "--device", "cpu"],
+            "tokenizer_examples")
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p) for p in Path("configs/train").glob("*.yaml")))
+def test_every_shipped_recipe_is_valid(recipe):
+    """What `plandiff train` checks before it draws any data, for each recipe in configs/train."""
+    from dataclasses import fields
+
+    from plandiff.model.training.recipe import DataConfig
+    from plandiff.model.training.trainer import TrainConfig
+    from plandiff.orchestrator.settings import load_train_settings
+
+    settings = load_train_settings(recipe, {})
+    TrainConfig(**{k: v for k, v in settings.model_dump().items() if k in {f.name for f in fields(TrainConfig)}})
+    DataConfig(**settings.data)
 
 
 def test_bad_recipe_is_a_clear_error(tmp_path, capsys):

@@ -33,6 +33,10 @@ class DataConfig:
     seed: int = 0
     vocab_size: int = 2048
     tokenizer: str | None = None  # reuse this tokenizer folder (so a twin shares the vocabulary)
+    # Build the tokenizer from the first N training examples only (deterministic, so a rebuild
+    # agrees), and stream the training examples while the model trains; unset: from all of them,
+    # drawn before training starts.
+    tokenizer_examples: int | None = None
     join: str = "span"  # rounds after <sync/> as spans, or "text": plain AR text (PD annotation only)
     # Training examples of the stream to pass over first: a model adapted from another run's
     # checkpoint at step k skips k × batch and trains on the examples that run trained on next.
@@ -41,6 +45,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.join not in ("span", "text"):
             raise InvalidRequestError(f"data.join must be span or text, not {self.join!r}")
+        if self.tokenizer_examples is not None and (self.tokenizer or self.tokenizer_examples < 1):
+            raise InvalidRequestError("data.tokenizer_examples builds a tokenizer from that many examples (at least "
+                                      "one); it cannot go with data.tokenizer, which reuses one")
 
 
 def build_tokenizer(examples: list[Example], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -60,9 +67,9 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
     start = _start(config, data)
     # A tokenizer named by the recipe is loaded first: a wrong folder fails before minutes of drawing.
     named = start.tokenizer if start else load_tokenizer(Path(data.tokenizer)) if data.tokenizer else None
-    if data.skip and not named:
+    if data.skip and named is None and not data.tokenizer_examples:
         raise InvalidRequestError("data.skip continues the examples of another run: it needs that run's tokenizer "
-                                  "(init or data.tokenizer)")
+                                  "(init, data.tokenizer, or data.tokenizer_examples as that run had them)")
     device = device or default_device()
     # Drawing and encoding examples is pure Python: spread over the cores (one per chunk of work),
     # at a lower priority than this process, which launches the training's kernels. One torch
@@ -70,8 +77,12 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
     # used (loading `init` does), or its first large tensor operation hangs.
     pool = ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("fork"), initializer=_worker_setup)
     try:
-        if named:
+        streamed = named is not None or bool(data.tokenizer_examples)  # training examples come while it trains
+        if named is not None:
             tokenizer = named
+        elif data.tokenizer_examples:  # the first N distinct examples of the stream's shards
+            tokenizer = build_tokenizer(make_split("train", data.tokenizer_examples, data.seed, pool=pool),
+                                        data.vocab_size)
         else:
             # The tokenizer is trained on every training example, so they are drawn first.
             examples = make_split("train", data.train, data.seed, pool=pool)
@@ -83,7 +94,7 @@ def run(config: TrainConfig, data: DataConfig, output: str | Path, device: str |
         validation_data = concat([_unpack(a) for a in pool.map(_encode_and_pack, _chunks(validation), *encoding)],
                                  tags.pad)
         # The training rows come as the workers finish them, in order, while the model trains.
-        if named:
+        if streamed:
             skipped, chunks = training_chunks(pool, data, config, tokenizer)
         else:
             skipped, chunks = 0, map(_unpack, pool.map(_encode_and_pack, _chunks(examples), *encoding))
@@ -160,8 +171,8 @@ def _start(config: TrainConfig, data: DataConfig) -> Checkpoint | None:
                 for k, v in config.network.items() if getattr(start.config, k, None) != v]
     if config.dense != start.config.disable_block_sparsity:
         problems.append(f"dense={config.dense} (the checkpoint has {start.config.disable_block_sparsity})")
-    if data.tokenizer:
-        problems.append("data.tokenizer (the checkpoint's own is used)")
+    if data.tokenizer or data.tokenizer_examples:
+        problems.append("data.tokenizer or data.tokenizer_examples (the checkpoint's own tokenizer is used)")
     if problems:
         raise InvalidRequestError(f"init {config.init}: the recipe disagrees with the checkpoint: {'; '.join(problems)}")
     return start
