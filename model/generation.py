@@ -297,6 +297,12 @@ class RequestState:
             return None
         return Forward([n], n + 1, [n])
 
+    def may_end_round(self) -> bool:
+        """Whether the token this planning step decides may end the round (a planner between
+        promises, its token not known): a step launched ahead of it may be void."""
+        return (self.phase is Phase.PLAN and not self._text_only() and self.parser.topic is None
+                and self.known_token() is None)
+
     def known_token(self) -> int | None:
         """The token this planning step takes whatever its logits are (a forced plan's), or None."""
         if self.phase is not Phase.PLAN or self.forced is None:

@@ -145,8 +145,8 @@ class ModelRunner:
         while the device computes `step`. None when it cannot be known yet. Once `step` is
         finished, `void_ahead` drops the requests whose next forward is another (an answer or a
         round ended, a span filled)."""
-        if not self.ahead or step.dropped:
-            return None
+        if not self.ahead or step.dropped or all(s.state.may_end_round() for s in step.seqs):
+            return None  # every request may end its round: a void step would cost a whole forward
         forwards = [s.state.ahead(f) for s, f in zip(step.seqs, step.forwards)]
         if None in forwards or any(f.key_length > len(s.slot_list) for s, f in zip(step.seqs, forwards)):
             return None
