@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from .checkpoint_folder import load_tokenizer, read_config
 from .config import DreamConfig
 from .errors import CheckpointError
-from .network import DreamNetwork
+from .network import DreamNetwork, skeleton
 from .tags import TagProfile, TagVocabulary
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -77,8 +77,7 @@ def load_checkpoint(
     config = read_config(folder)
     dtype = resolve_dtype(dtype, config)
     state = load_state_dict(folder)
-    with torch.device("meta"):
-        network = DreamNetwork(config)
+    network = skeleton(config)
     expected = set(network.state_dict())
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
@@ -93,7 +92,6 @@ def load_checkpoint(
         more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
         raise CheckpointError(f"weights of {folder} do not match its config.json: {'; '.join(wrong[:3])}{more}")
     network.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
-    network.rotary = type(network.rotary)(config.head_dim, config.rope_theta)  # its buffer was on meta
     network.to(device=device).eval()
     tokenizer = load_tokenizer(folder)
     profile = TagProfile.from_overrides(config.plandiff_tags)

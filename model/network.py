@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .config import DreamConfig
 from .layout import allowed
@@ -49,7 +50,9 @@ def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class Rotary(nn.Module):
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+        # computed on the CPU whatever the default device (on meta, as in `skeleton`, arithmetic runs
+        # as reference ops whose first call imports the compiler); the network's .to() moves it
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
         self.register_buffer("inv_freq", 1.0 / (theta ** exponents), persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,3 +308,20 @@ class DreamNetwork(nn.Module):
         for layer in self.model.layers:
             x = layer.forward_batch(x, cos, sin, bias)
         return self.lm_head(self.model.norm(x))
+
+
+class _NoInit(TorchFunctionMode):
+    """torch.nn.init's functions return their tensor untouched."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+def skeleton(config: DreamConfig) -> DreamNetwork:
+    """The network with its parameters on the meta device, not initialised: its shapes, or a frame
+    to load weights into. (On meta, torch's initialisers run as reference ops, whose first call
+    imports the compiler: 2–3 s of a `plandiff generate` on the development machine.)"""
+    with torch.device("meta"), _NoInit():
+        return DreamNetwork(config)

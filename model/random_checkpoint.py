@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerFast
 
 from .config import DreamConfig
 from .loading import save_checkpoint
-from .network import DreamNetwork
+from .network import DreamNetwork, skeleton
 
 Layout = Literal["dream", "compact"]
 
@@ -89,8 +89,7 @@ def random_weights(config: DreamConfig, seed: int = 0, lm_scale: float = 8.0, ze
     `zero_rows_from` on are zero, so tags and the mask are never the greedy choice.
     """
     generator = torch.Generator().manual_seed(seed)
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in DreamNetwork(config).state_dict().items()}
+    shapes = {k: v.shape for k, v in skeleton(config).state_dict().items()}
     state = {}
     for name in sorted(shapes):
         shape = shapes[name]

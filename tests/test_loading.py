@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -310,3 +312,16 @@ def test_compact_layout_ids(compact):
     assert compact.checkpoint.config.vocab_size == 272
     assert compact.tags.digits == tuple(range(15, 25))
     assert max(compact.tags.structural) < compact.checkpoint.config.vocab_size
+
+
+def test_loading_and_generating_do_not_import_the_compiler():
+    """torch._dynamo takes 2–3 s to import on 2 cores, a third of a first `plandiff generate`:
+    building the network on the meta device to load weights into must not pull it in (torch's
+    initialisers and arithmetic on meta do, as reference ops), nor must a CPU answer."""
+    code = ("import sys; from plandiff.model import ModelRuntime; "
+            "ModelRuntime.load('model/demo/pd').generate('Hello there'); print('torch._dynamo' in sys.modules)")
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parents[1])
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.strip().splitlines()[-1] == "False"
+
