@@ -5,9 +5,10 @@
 
 `step()` is `launch()` (schedule, queue the forward and decisions on the device) then `finish()`
 (wait, advance, events); a caller with other host work does it between the two, while the
-device computes. `launch_ahead()` queues the step after the one in flight when that step can only
-be the next token of each of its requests (autoregressive decoding): the host packs it while the
-device computes, and the device does not wait for the host between the two.
+device computes. `launch_ahead()` queues the step after the one in flight when that step can be
+known without the one in flight's decisions (each request's next planning or decoding token, or
+its round's next denoising step: RequestState.ahead), which it then takes on the device: the host
+packs it while the device computes, and the device does not wait for the host between the two.
 
 Continuous batching: a request joins at any step (once admitted, scheduler.py) and leaves the
 moment it finishes, fails or is aborted, freeing its KV memory for the next waiting request.
@@ -102,9 +103,9 @@ class Engine:
         return True
 
     def launch_ahead(self) -> bool:
-        """While one step is in flight, queue the next one when it can only be the next token of
-        each of its requests (ModelRunner.launch_ahead) and no other request is ready to step (it
-        would wait while steps go on ahead); False otherwise."""
+        """While one step is in flight, queue the next one when it can be known without that
+        step's decisions (ModelRunner.launch_ahead) and no other request is ready to step (it would
+        wait while steps go on ahead); False otherwise."""
         if len(self._in_flight) != 1:
             return False
         entries, step = self._in_flight[0]

@@ -10,8 +10,9 @@ phases in one streaming call, for callers with nothing to decide between phases.
 One drive task per event loop steps the engine while any phase runs and hands each request's events
 to its stream; it gives the loop a turn while each step computes on the device, so requests join,
 cancel and read the previous step's events between forwards at no cost to the device. When the
-next step can only be the next token of each request (autoregressive decoding), it is queued before
-the one in flight is finished (Engine.launch_ahead): the device does not wait for the host between them.
+next step can be known without the one in flight's decisions (the next planning or decoding token
+of each request, a round's next denoising step), it is queued before the one in flight is finished
+(Engine.launch_ahead): the device does not wait for the host between them.
 """
 
 from __future__ import annotations
