@@ -2,8 +2,9 @@
 at the steps the engine runs (Qwen2.5-7B's heads: 28 query heads, 4 KV heads, d 128).
 
 Each case is one layer's attention of a step: `requests` requests of `queries` query tokens over
-`keys` keys each, read from a KV pool in scattered slots. Spans' queries sit in 4 regions (sparse
-spans of one round) after a causal prefix; one-token queries are causal. Each configuration is
+`keys` keys each, read from a KV pool as the engine's holds them (blocks of 16 slots, scattered).
+Spans' queries sit in 4 regions (sparse spans of one round) after a causal prefix; one-token
+queries are causal. Each configuration is
 captured in a CUDA graph of 20 calls (the launches' host cost is not the kernel's) and replayed;
 the time is the median replay over 20. The floor: the larger of the keys' and values' bytes over the
 copy rate and the q·k and p·v FLOPs of every (query, key) pair over the bf16 matmul rate, both
@@ -29,17 +30,20 @@ CALLS = 20
 
 
 def case_inputs(requests: int, queries: int, keys: int, device):
-    """q, the pool and the layouts of one case (paged_attention's arguments), random slots."""
+    """q, the pool and the layouts of one case (paged_attention's arguments), blocks of slots at random."""
     import torch
 
+    from plandiff.model.kv_pool import BLOCK, slot_map
     from plandiff.model.layout import CAUSAL
 
     gen = torch.Generator(device="cpu").manual_seed(0)
-    slots = requests * keys
+    blocks = -(-keys // BLOCK)  # each request's keys in whole blocks, as the engine's pool holds them
+    slots = requests * blocks * BLOCK
     pool_k = torch.randn(KV_HEADS, slots, D, generator=gen).to(device, torch.bfloat16)
     pool_v = torch.randn(KV_HEADS, slots, D, generator=gen).to(device, torch.bfloat16)
     q = torch.randn(HEADS, requests * queries, D, generator=gen).to(device, torch.bfloat16)
-    read = torch.randperm(slots, generator=gen).view(requests, keys)
+    order = torch.randperm(requests * blocks, generator=gen).view(requests, blocks)  # blocks scattered
+    read = torch.stack([slot_map(row.tolist())[:keys] for row in order])
     key_region = torch.full((requests, keys), CAUSAL)
     positions = torch.arange(keys - queries, keys).expand(requests, queries)
     query_region = torch.full((requests, queries), CAUSAL)
